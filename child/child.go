@@ -1,0 +1,274 @@
+// Package child runs the worker command as a child process in its own
+// process group and stops it gracefully: the stop signal to the group, a wait,
+// then SIGKILL to whatever is left.
+package child
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// ExitError carries the exit code of a worker that ended; the agent exits
+// with the same code.
+type ExitError struct {
+	Code   int
+	Signal syscall.Signal // set when the worker was killed by a signal
+}
+
+func (e *ExitError) Error() string {
+	if e.Signal != 0 {
+		return fmt.Sprintf("worker killed by %v (exit code %d)", e.Signal, e.Code)
+	}
+	return fmt.Sprintf("worker exited with code %d", e.Code)
+}
+
+// Process is the supervised worker. Start it once; Restart replaces it.
+type Process struct {
+	Path         string
+	Args         []string
+	Env          []string // nil: the agent's environment
+	Stdin        io.Reader
+	Stdout       io.Writer
+	Stderr       io.Writer
+	StopSignal   syscall.Signal // default SIGTERM
+	ShutdownWait time.Duration  // between the stop signal and SIGKILL
+	Logger       *slog.Logger
+
+	mu       sync.Mutex
+	cmd      *exec.Cmd
+	done     chan struct{} // closed when the current spawn exited
+	state    *os.ProcessState
+	expected bool // the current spawn is being stopped on purpose
+	exited   chan *ExitError
+	started  time.Time
+}
+
+// Start spawns the worker.
+func (p *Process) Start() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.exited == nil {
+		p.exited = make(chan *ExitError, 1)
+	}
+	cmd := exec.Command(p.Path, p.Args...)
+	cmd.Env = p.Env
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = p.Stdin, p.Stdout, p.Stderr
+	// Its own group, so stop signals reach every process the worker forks
+	// and a terminal's Ctrl-C reaches the agent first.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start worker: %w", err)
+	}
+	done := make(chan struct{})
+	p.cmd, p.done, p.state, p.expected, p.started = cmd, done, nil, false, time.Now()
+	go p.wait(cmd, done)
+	return nil
+}
+
+func (p *Process) wait(cmd *exec.Cmd, done chan struct{}) {
+	_ = cmd.Wait() // the exit status is read from ProcessState
+	p.mu.Lock()
+	p.state = cmd.ProcessState
+	expected := p.expected
+	p.mu.Unlock()
+	close(done)
+	if !expected {
+		p.exited <- exitError(cmd.ProcessState)
+	}
+}
+
+func exitError(st *os.ProcessState) *ExitError {
+	ws, ok := st.Sys().(syscall.WaitStatus)
+	if ok && ws.Signaled() {
+		return &ExitError{Code: 128 + int(ws.Signal()), Signal: ws.Signal()}
+	}
+	return &ExitError{Code: st.ExitCode()}
+}
+
+// Pid is the worker's pid, or 0 before Start.
+func (p *Process) Pid() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd == nil || p.cmd.Process == nil {
+		return 0
+	}
+	return p.cmd.Process.Pid
+}
+
+// StartedAt is when the current worker was spawned.
+func (p *Process) StartedAt() time.Time {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.started
+}
+
+// Exited delivers the worker's exit when it ended on its own (not by Stop).
+func (p *Process) Exited() <-chan *ExitError {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.exited == nil {
+		p.exited = make(chan *ExitError, 1)
+	}
+	return p.exited
+}
+
+// Signal sends sig to the worker process itself (not its group): a quiet
+// signal must reach the worker, not a wrapping shell that would be suspended
+// by it.
+func (p *Process) Signal(sig syscall.Signal) error {
+	pid := p.Pid()
+	if pid == 0 {
+		return errors.New("worker not started")
+	}
+	if err := syscall.Kill(pid, sig); err != nil && !errors.Is(err, syscall.ESRCH) {
+		return fmt.Errorf("signal worker: %w", err)
+	}
+	return nil
+}
+
+// Running reports whether the current worker has not exited.
+func (p *Process) Running() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.done == nil {
+		return false
+	}
+	select {
+	case <-p.done:
+		return false
+	default:
+		return true
+	}
+}
+
+// Done is closed when the current worker exits.
+func (p *Process) Done() <-chan struct{} {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.done
+}
+
+// Stop ends the worker on purpose with the stop signal; see Terminate.
+func (p *Process) Stop(ctx context.Context) (*ExitError, error) {
+	return p.Terminate(ctx, p.stopSignal())
+}
+
+// Terminate sends sig to the worker's process group, waits up to
+// ShutdownWait (or until ctx ends) for the group to exit, then kills what is
+// left. It guarantees the group is gone when it returns nil.
+func (p *Process) Terminate(ctx context.Context, sig syscall.Signal) (*ExitError, error) {
+	p.mu.Lock()
+	if p.cmd == nil {
+		p.mu.Unlock()
+		return nil, errors.New("worker not started")
+	}
+	p.expected = true
+	pgid, done := p.cmd.Process.Pid, p.done
+	p.mu.Unlock()
+
+	log := p.logger()
+	if err := syscall.Kill(-pgid, sig); err != nil && !errors.Is(err, syscall.ESRCH) {
+		return nil, fmt.Errorf("signal worker group: %w", err)
+	}
+	log.Info("worker stopping", "event", "worker_stop", "pid", pgid, "signal", sigName(sig), "wait", p.ShutdownWait)
+	timer := time.NewTimer(p.ShutdownWait)
+	defer timer.Stop()
+	// Wait for the leader, then for any process it left behind in the group.
+	for groupAlive(pgid) || !closed(done) {
+		select {
+		case <-timer.C:
+			log.Warn("worker did not stop in time, killing it", "event", "worker_kill", "pid", pgid, "wait", p.ShutdownWait)
+			_ = syscall.Kill(-pgid, syscall.SIGKILL)
+			<-done
+			waitGroupGone(pgid)
+			return p.lastExit(), nil
+		case <-ctx.Done():
+			_ = syscall.Kill(-pgid, syscall.SIGKILL)
+			<-done
+			waitGroupGone(pgid)
+			return p.lastExit(), ctx.Err()
+		case <-done:
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return p.lastExit(), nil
+}
+
+// Restart stops the worker and starts it again in place.
+func (p *Process) Restart(ctx context.Context) error {
+	if _, err := p.Stop(ctx); err != nil {
+		return err
+	}
+	return p.Start()
+}
+
+func (p *Process) lastExit() *ExitError {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.state == nil {
+		return nil
+	}
+	return exitError(p.state)
+}
+
+func (p *Process) stopSignal() syscall.Signal {
+	if p.StopSignal == 0 {
+		return syscall.SIGTERM
+	}
+	return p.StopSignal
+}
+
+func (p *Process) logger() *slog.Logger {
+	if p.Logger == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return p.Logger
+}
+
+func closed(c <-chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
+}
+
+// groupAlive reports whether any process of the group still exists. A zombie
+// leader counts until it is reaped, which done covers.
+func groupAlive(pgid int) bool {
+	return syscall.Kill(-pgid, 0) == nil
+}
+
+// waitGroupGone gives the kernel a moment to reap killed group members that
+// are not our children; SIGKILL cannot be ignored, so this ends quickly.
+func waitGroupGone(pgid int) {
+	deadline := time.Now().Add(5 * time.Second)
+	for groupAlive(pgid) && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func sigName(s syscall.Signal) string {
+	switch s {
+	case syscall.SIGTERM:
+		return "TERM"
+	case syscall.SIGINT:
+		return "INT"
+	case syscall.SIGKILL:
+		return "KILL"
+	case syscall.SIGQUIT:
+		return "QUIT"
+	case syscall.SIGTSTP:
+		return "TSTP"
+	}
+	return s.String()
+}

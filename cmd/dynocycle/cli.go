@@ -1,0 +1,341 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"os/signal"
+	"runtime/debug"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/dynocycle/dynocycle/agent"
+	"github.com/dynocycle/dynocycle/child"
+	"github.com/dynocycle/dynocycle/config"
+	"github.com/dynocycle/dynocycle/heartbeat"
+	"github.com/dynocycle/dynocycle/memory"
+	"github.com/dynocycle/dynocycle/platform"
+	"github.com/dynocycle/dynocycle/worker"
+)
+
+// version is set at build time with -ldflags "-X main.version=v1.2.3".
+var version = ""
+
+// Exit codes.
+const (
+	exitOK     = 0
+	exitFail   = 1
+	exitConfig = 2
+)
+
+const usage = `dynocycle: restart bloated job workers gracefully, one dyno at a time
+
+usage:
+  dynocycle run [--] COMMAND [ARGS...]   run COMMAND and watch its memory
+  dynocycle run                          watch the whole dyno, act through the platform
+  dynocycle status [--json]              show the fleet (needs REDIS_URL)
+  dynocycle check                        validate the configuration and print it
+  dynocycle version                      print the version
+
+Configuration comes from the environment (MAX_RSS, GRACE_TIME, ...; each
+also as DYNOCYCLE_<NAME>). See README.md.
+`
+
+// CLI is the dynocycle command line, runnable in-process by tests.
+type CLI struct {
+	Stdin io.Reader
+	// Signals, when set, replaces the process's SIGTERM/SIGINT (tests).
+	Signals chan os.Signal
+}
+
+// Run executes one command and returns the process exit code.
+func (c *CLI) Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return exitConfig
+	}
+	switch args[0] {
+	case "run":
+		return c.run(ctx, args[1:], stdout, stderr)
+	case "check":
+		return c.check(stdout, stderr)
+	case "status":
+		return c.status(ctx, args[1:], stdout, stderr)
+	case "version", "--version", "-v":
+		fmt.Fprintln(stdout, "dynocycle", Version())
+		return exitOK
+	case "help", "--help", "-h":
+		fmt.Fprint(stdout, usage)
+		return exitOK
+	}
+	fmt.Fprintf(stderr, "dynocycle: unknown command %q\n\n%s", args[0], usage)
+	return exitConfig
+}
+
+// Version is the build's version: the -ldflags value, else the module version.
+func Version() string {
+	if version != "" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	return "dev"
+}
+
+func (c *CLI) check(stdout, stderr io.Writer) int {
+	cfg, err := config.Load()
+	if err != nil {
+		fmt.Fprintln(stderr, "dynocycle: configuration error:\n"+indent(err.Error()))
+		return exitConfig
+	}
+	fmt.Fprintln(stdout, "# configuration is valid; effective values:")
+	cfg.Print(stdout)
+	meter, err := memory.New(memory.All, cfg.ProcRoot, cfg.CgroupRoot, nil)
+	if err == nil {
+		if limit, src := meter.Limit(); limit > 0 {
+			fmt.Fprintf(stdout, "# detected memory limit: %s (from %s)\n", config.FormatBytes(limit), src)
+			if max, ok := cfg.MaxRSS.Resolve(limit); ok {
+				fmt.Fprintf(stdout, "# MAX_RSS resolves to %s\n", config.FormatBytes(max))
+			}
+		}
+	}
+	return exitOK
+}
+
+func (c *CLI) run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == "--" {
+		args = args[1:]
+	}
+	cfg, err := config.Load()
+	if err != nil {
+		fmt.Fprintln(stderr, "dynocycle: configuration error:\n"+indent(err.Error()))
+		return exitConfig
+	}
+	log := newLogger(cfg, stderr)
+
+	var proc *child.Process
+	if len(args) > 0 {
+		path, err := exec.LookPath(args[0])
+		if err != nil {
+			fmt.Fprintf(stderr, "dynocycle: worker command %q not found: %v\n", args[0], err)
+			return 127
+		}
+		proc = &child.Process{
+			Path: path, Args: args[1:], Stdin: c.Stdin, Stdout: stdout, Stderr: stderr,
+			StopSignal: cfg.StopSignal.Sig, ShutdownWait: cfg.ShutdownWait.D(), Logger: log,
+		}
+	}
+	sigs := c.signals(ctx)
+	defer signal.Stop(sigs)
+
+	if cfg.OneOff() {
+		// One-off, scheduler and release dynos end by themselves: just run.
+		log.Info("one-off dyno: running the command without watching it", "event", "one_off", "dyno", cfg.Dyno)
+		return runPlain(proc, sigs, log)
+	}
+
+	a, cleanup, err := c.buildAgent(ctx, cfg, proc, log)
+	if err != nil {
+		var ce *config.Error
+		if errors.As(err, &ce) {
+			fmt.Fprintln(stderr, "dynocycle: configuration error:\n"+indent(err.Error()))
+			return exitConfig
+		}
+		fmt.Fprintln(stderr, "dynocycle:", err)
+		return exitFail
+	}
+	defer cleanup()
+	a.Signals = sigs
+
+	if proc != nil {
+		if err := proc.Start(); err != nil {
+			fmt.Fprintln(stderr, "dynocycle:", err)
+			return 127
+		}
+		log.Info("worker started", "event", "worker_start", "dyno", a.Settings.Dyno, "pid", proc.Pid(), "command", args[0])
+	}
+	err = a.Run(context.WithoutCancel(ctx))
+	var ee *agent.ExitError
+	if errors.As(err, &ee) {
+		if ee.Err != nil && ee.Code != 0 {
+			log.Info("agent exiting", "event", "agent_exit", "code", ee.Code, "err", ee.Err)
+		}
+		return ee.Code
+	}
+	if err != nil {
+		log.Error("agent failed", "event", "agent_failed", "err", err)
+		return exitFail
+	}
+	return exitOK
+}
+
+// signals delivers SIGTERM and SIGINT, and a SIGTERM when ctx ends, so an
+// in-process caller stops the agent the way the platform does.
+func (c *CLI) signals(ctx context.Context) chan os.Signal {
+	sigs := c.Signals
+	if sigs == nil {
+		sigs = make(chan os.Signal, 4)
+		signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	}
+	go func() {
+		<-ctx.Done()
+		select {
+		case sigs <- syscall.SIGTERM:
+		default:
+		}
+	}()
+	return sigs
+}
+
+func (c *CLI) buildAgent(ctx context.Context, cfg *config.Config, proc *child.Process, log *slog.Logger) (*agent.Agent, func(), error) {
+	var pid func() int // nil: no worker, the whole machine is measured
+	if proc != nil {
+		pid = proc.Pid
+	}
+	plat := cfg.ResolvePlatform(proc != nil)
+	if plat == config.PlatformLocal && proc == nil {
+		return nil, nil, &config.Error{Var: "PLATFORM", Value: "local", Problem: "restarting in place needs a worker command",
+			Accepted: "dynocycle run -- COMMAND, or PLATFORM=exit or heroku"}
+	}
+
+	var meter *memory.Meter
+	var err error
+	if cfg.MemorySource == config.SourceAuto {
+		meter, err = memory.Auto(plat == config.PlatformHeroku, cfg.ProcRoot, cfg.CgroupRoot, pid)
+	} else {
+		meter, err = memory.New(cfg.MemorySource, cfg.ProcRoot, cfg.CgroupRoot, pid)
+	}
+	if err != nil {
+		return nil, nil, &config.Error{Var: "MEMORY_SOURCE", Value: cfg.MemorySource, Problem: err.Error(),
+			Accepted: "auto, tree, pss, cgroup or all, readable on this machine"}
+	}
+	policy, limit, err := resolveLimits(cfg, meter, log)
+	if err != nil {
+		return nil, nil, err
+	}
+
+	dyno := cfg.Dyno
+	if dyno == "" {
+		dyno, _ = os.Hostname()
+	}
+	settings := agent.Settings{
+		Policy: policy, Limit: limit,
+		CheckSchedule: cfg.CheckSchedule, GraceTime: cfg.GraceTime.D(), ShutdownWait: cfg.ShutdownWait.D(),
+		ConfirmAfter: cfg.ConfirmAfter.D(), DryRun: cfg.DryRun, Dyno: dyno, Version: Version(),
+		TerminationWait: 60*time.Second + cfg.ShutdownWait.D(),
+	}
+	if cfg.RestartSchedule.Set() {
+		settings.RestartSchedule = cfg.RestartSchedule
+	}
+	settings.LeaseRenew = leaseTTL(cfg) / 3
+
+	a := &agent.Agent{Settings: settings, Meter: meter, Logger: log}
+	if proc != nil {
+		a.Child = proc
+		a.Worker = &worker.Signals{Process: proc, QuietSignal: cfg.QuietSignal.Sig, Logger: log}
+	}
+	a.Fleet = heartbeat.NewLocal(dyno, cfg.MaxConcurrentRestarts)
+
+	switch plat {
+	case config.PlatformLocal:
+		a.Restarter = &platform.Local{Worker: proc}
+	case config.PlatformExit:
+		var w platform.Worker
+		if proc != nil {
+			w = proc
+		}
+		a.Restarter = &platform.ExitRestarter{Worker: w}
+	default:
+		return nil, nil, &config.Error{Var: "PLATFORM", Value: plat, Problem: "not available in this build", Accepted: "local or exit"}
+	}
+	log.Info("agent starting", "event", "agent_start", "dyno", dyno, "version", Version(), "platform", plat,
+		"memory_source", meter.Source, "limit", config.FormatBytes(limit), "critical", cfg.CriticalRSS.String(),
+		"check", cfg.CheckSchedule.String(), "fleet", "standalone", "dry_run", cfg.DryRun)
+	return a, func() {}, nil
+}
+
+// resolveLimits turns MAX_RSS and CRITICAL_RSS into bytes. Without MAX_RSS
+// the soft limit is 90% of a detected container limit, the margin that keeps
+// a dyno out of swap.
+func resolveLimits(cfg *config.Config, meter *memory.Meter, log *slog.Logger) (agent.Policy, uint64, error) {
+	detected, src := meter.Limit()
+	containerLimit := uint64(0)
+	if src == "cgroup" {
+		containerLimit = detected
+	}
+	maxRSS := cfg.MaxRSS
+	if !maxRSS.Set() {
+		if containerLimit == 0 {
+			return agent.Policy{}, 0, &config.Error{Var: "MAX_RSS", Problem: "required: no container memory limit was detected",
+				Accepted: "a size such as 512MB or 1.5GB (a bare number is MB)"}
+		}
+		_ = maxRSS.Decode("90%")
+		log.Info("MAX_RSS not set: using 90% of the container limit", "event", "limit_default", "container_limit", config.FormatBytes(containerLimit))
+	}
+	max, ok := maxRSS.Resolve(detected)
+	if !ok {
+		return agent.Policy{}, 0, &config.Error{Var: "MAX_RSS", Value: maxRSS.String(), Problem: "a percentage needs a detected memory limit, and none was found",
+			Accepted: "a size such as 512MB or 1.5GB"}
+	}
+	critical, _ := cfg.CriticalRSS.Resolve(detected)
+	if critical > 0 && critical < max {
+		return agent.Policy{}, 0, &config.Error{Var: "CRITICAL_RSS", Value: cfg.CriticalRSS.String(),
+			Problem: "resolves below MAX_RSS (" + config.FormatBytes(max) + ")", Accepted: "a size at or above MAX_RSS"}
+	}
+	return agent.Policy{MaxRSS: max, CriticalRSS: critical, SustainChecks: cfg.SustainChecks, MinUptime: cfg.MinUptime.D()}, max, nil
+}
+
+// leaseTTL frees a lease whose dyno never came back: long enough for the
+// drain, the stop and a restart with boot.
+func leaseTTL(cfg *config.Config) time.Duration {
+	return cfg.GraceTime.D() + cfg.ShutdownWait.D() + cfg.ConfirmAfter.D() + 2*time.Minute
+}
+
+// runPlain runs the command with signal forwarding and nothing else.
+func runPlain(proc *child.Process, sigs <-chan os.Signal, log *slog.Logger) int {
+	if proc == nil {
+		return exitOK
+	}
+	if err := proc.Start(); err != nil {
+		log.Error("start worker", "err", err)
+		return 127
+	}
+	for {
+		select {
+		case e := <-proc.Exited():
+			return e.Code
+		case s := <-sigs:
+			sig, _ := s.(syscall.Signal)
+			e, _ := proc.Terminate(context.Background(), sig)
+			if e == nil {
+				return exitOK
+			}
+			return e.Code
+		}
+	}
+}
+
+func newLogger(cfg *config.Config, w io.Writer) *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(cfg.LogLevel))
+	opts := &slog.HandlerOptions{Level: level}
+	if cfg.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+func indent(s string) string {
+	return "  " + strings.ReplaceAll(s, "\n", "\n  ")
+}
+
+func (c *CLI) status(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fmt.Fprintln(stderr, "dynocycle status: not yet available")
+	return exitFail
+}

@@ -1,0 +1,60 @@
+// Package platform holds the Restarters: heroku (the Platform API restarts
+// the dyno), local (restart the worker in place) and exit (stop the worker
+// and exit, for supervisors such as Kubernetes or systemd that start it again).
+package platform
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/dynocycle/dynocycle/agent"
+	"github.com/dynocycle/dynocycle/child"
+)
+
+// Worker is the supervised worker process as the restarters see it.
+type Worker interface {
+	Stop(ctx context.Context) (*child.ExitError, error)
+	Start() error
+}
+
+var _ Worker = (*child.Process)(nil)
+
+// Local restarts the worker in place: stop (TERM, SHUTDOWN_WAIT, KILL), start.
+type Local struct {
+	Worker Worker
+}
+
+var _ agent.Restarter = (*Local)(nil)
+
+// Restart stops and starts the worker; the agent keeps watching.
+func (l *Local) Restart(ctx context.Context, _ string) (agent.Next, error) {
+	if l.Worker == nil {
+		return agent.Exit, errors.New("local restart needs a worker command")
+	}
+	if _, err := l.Worker.Stop(ctx); err != nil {
+		return agent.Exit, fmt.Errorf("stop worker: %w", err)
+	}
+	if err := l.Worker.Start(); err != nil {
+		return agent.Exit, fmt.Errorf("start worker: %w", err)
+	}
+	return agent.Continue, nil
+}
+
+// ExitRestarter stops the worker and lets the agent exit; the process
+// supervisor around dynocycle starts everything again.
+type ExitRestarter struct {
+	Worker Worker // nil when watching the whole machine
+}
+
+var _ agent.Restarter = (*ExitRestarter)(nil)
+
+// Restart stops the worker (if any) and tells the agent to exit.
+func (e *ExitRestarter) Restart(ctx context.Context, _ string) (agent.Next, error) {
+	if e.Worker != nil {
+		if _, err := e.Worker.Stop(ctx); err != nil {
+			return agent.Exit, fmt.Errorf("stop worker: %w", err)
+		}
+	}
+	return agent.Exit, nil
+}
