@@ -1,0 +1,163 @@
+package heartbeat
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// ConnectOptions says how to reach the coordination Redis.
+type ConnectOptions struct {
+	// URL is redis://[user:password@]host[:port][/db] or rediss:// for TLS.
+	// The caller picks REDIS_TLS_URL over REDIS_URL when both are set.
+	URL string
+	// TLSVerify is "auto" (the default), "true" or "false". auto verifies
+	// certificates except on Heroku, whose Redis uses self-signed ones.
+	TLSVerify string
+	// OnHeroku is true when the agent runs in a Heroku dyno.
+	OnHeroku bool
+	Logger   *slog.Logger
+}
+
+// Client defaults for an agent: it must notice an unreachable Redis within a
+// few seconds and keep its worker running, so nothing waits long, nothing
+// retries much and few connections are kept open on a shared server.
+const (
+	defaultDialTimeout  = 2 * time.Second
+	defaultReadTimeout  = 2 * time.Second
+	defaultWriteTimeout = 2 * time.Second
+	defaultPoolTimeout  = 3 * time.Second
+	defaultPoolSize     = 4
+	defaultMaxRetries   = 1
+	clientName          = "dynocycle"
+)
+
+// Connect builds a Redis client from opts. It fails only on a bad URL or
+// option: an unreachable server is logged, not fatal, because the client
+// reconnects by itself and the agent keeps its worker running either way.
+// Errors and logs never carry the password.
+func Connect(ctx context.Context, opts ConnectOptions) (*redis.Client, error) {
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	secret := urlPassword(opts.URL)
+	o, err := parseRedisURL(opts.URL)
+	if err != nil {
+		return nil, redact(err, secret)
+	}
+	verify := strings.ToLower(strings.TrimSpace(opts.TLSVerify))
+	switch verify {
+	case "", "auto", "true", "false":
+	default:
+		return nil, fmt.Errorf("redis tls verify %q: want auto, true or false", opts.TLSVerify)
+	}
+	if o.TLSConfig != nil {
+		switch verify {
+		case "true":
+			o.TLSConfig.InsecureSkipVerify = false
+		case "false":
+			o.TLSConfig.InsecureSkipVerify = true
+		default: // auto; a skip_verify=true in the URL is kept as the user's ask
+			if opts.OnHeroku {
+				o.TLSConfig.InsecureSkipVerify = true
+			}
+		}
+		if o.TLSConfig.InsecureSkipVerify {
+			// Logged once per client, at connect time, never per dial.
+			log.Warn("redis tls certificate verification off",
+				"event", "redis_tls_noverify", "addr", o.Addr, "on_heroku", opts.OnHeroku,
+				"reason", "heroku redis uses self-signed certificates; set REDIS_TLS_VERIFY=true to verify")
+		}
+	}
+	if o.DialTimeout == 0 {
+		o.DialTimeout = defaultDialTimeout
+	}
+	if o.ReadTimeout == 0 {
+		o.ReadTimeout = defaultReadTimeout
+	}
+	if o.WriteTimeout == 0 {
+		o.WriteTimeout = defaultWriteTimeout
+	}
+	if o.PoolTimeout == 0 {
+		o.PoolTimeout = defaultPoolTimeout
+	}
+	if o.PoolSize == 0 {
+		o.PoolSize = defaultPoolSize
+	}
+	if o.MaxRetries == 0 {
+		o.MaxRetries = defaultMaxRetries
+	}
+	if o.ClientName == "" {
+		o.ClientName = clientName
+	}
+	o.ContextTimeoutEnabled = true
+
+	client := redis.NewClient(o)
+	log.Info("redis client", "event", "redis_connect", "addr", o.Addr, "db", o.DB, "tls", o.TLSConfig != nil)
+	if err := client.Ping(ctx).Err(); err != nil {
+		log.Warn("redis unreachable, will retry", "event", "redis_unreachable", "addr", o.Addr,
+			"err", redact(err, secret).Error())
+	}
+	return client, nil
+}
+
+// parseRedisURL wraps redis.ParseURL without ever echoing the URL: net/url
+// errors quote the whole string, password included.
+func parseRedisURL(raw string) (*redis.Options, error) {
+	if strings.TrimSpace(raw) == "" {
+		return nil, errors.New("redis url is empty")
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		return nil, errors.New("parse redis url: malformed (check scheme, host, port, and that the password is percent-encoded)")
+	}
+	if u.Scheme != "redis" && u.Scheme != "rediss" {
+		return nil, fmt.Errorf("parse redis url: scheme %q: want redis or rediss", u.Scheme)
+	}
+	o, err := redis.ParseURL(raw)
+	if err != nil {
+		return nil, fmt.Errorf("parse redis url: %w", err)
+	}
+	return o, nil
+}
+
+func urlPassword(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil || u.User == nil {
+		return ""
+	}
+	p, _ := u.User.Password()
+	return p
+}
+
+// redactedError hides a secret from an error's text and keeps the chain for
+// errors.Is and errors.As.
+type redactedError struct {
+	err    error
+	secret string
+}
+
+func (e *redactedError) Error() string {
+	msg := e.err.Error()
+	msg = strings.ReplaceAll(msg, e.secret, "xxxxx")
+	if esc := url.QueryEscape(e.secret); esc != e.secret {
+		msg = strings.ReplaceAll(msg, esc, "xxxxx")
+	}
+	return msg
+}
+
+func (e *redactedError) Unwrap() error { return e.err }
+
+func redact(err error, secret string) error {
+	if err == nil || secret == "" {
+		return err
+	}
+	return &redactedError{err: err, secret: secret}
+}

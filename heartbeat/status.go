@@ -1,0 +1,232 @@
+package heartbeat
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"slices"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// FleetStatus is the fleet as `dynocycle status` shows it. It is plain data
+// so the status command can add its own sections (Sidekiq, Redis) beside it.
+type FleetStatus struct {
+	App     string    `json:"app"`
+	TakenAt time.Time `json:"taken_at"`
+	// Dynos holds every live presence, in natural dyno order.
+	Dynos []Presence `json:"dynos"`
+	// Slots holds every lease slot, held or free, by slot number.
+	Slots []SlotStatus `json:"slots"`
+	// SettlesAt is set while Redis is too new to grant leases (see Redis).
+	SettlesAt time.Time `json:"settles_at,omitzero"`
+}
+
+// SlotStatus is one lease slot; Holder is empty when it is free.
+type SlotStatus struct {
+	Slot      int       `json:"slot"`
+	Holder    string    `json:"holder,omitempty"`
+	Token     int64     `json:"token,omitempty"`
+	Since     time.Time `json:"since,omitzero"`
+	ExpiresAt time.Time `json:"expires_at,omitzero"`
+}
+
+// snapshotScript reads live presences, the lease slots and the epoch in one
+// atomic round trip; the ZSET bounds the read to live dynos, no SCAN.
+//
+// KEYS: dynos, presences, epoch, lease slots... ARGV: now ms.
+var snapshotScript = redis.NewScript(`
+local live = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf')
+local pres = {}
+if #live > 0 then
+  local vals = redis.call('HMGET', KEYS[2], unpack(live))
+  for i, name in ipairs(live) do
+    if vals[i] then pres[#pres + 1] = vals[i] end
+  end
+end
+local leases = {}
+for i = 4, #KEYS do
+  leases[#leases + 1] = redis.call('GET', KEYS[i]) or ''
+  leases[#leases + 1] = redis.call('PTTL', KEYS[i])
+end
+return {pres, leases, redis.call('GET', KEYS[3]) or ''}
+`)
+
+// Snapshot reads the whole fleet of the app.
+func (r *Redis) Snapshot(ctx context.Context) (FleetStatus, error) {
+	now := r.now()
+	keys := append([]string{r.keys.dynos, r.keys.presences, r.keys.epoch}, r.keys.leases...)
+	res, err := snapshotScript.Run(ctx, r.client, keys, now.UnixMilli()).Slice()
+	if err != nil {
+		return FleetStatus{}, fmt.Errorf("read fleet: %w", err)
+	}
+	if len(res) != 3 {
+		return FleetStatus{}, fmt.Errorf("read fleet: unexpected reply of %d parts", len(res))
+	}
+	s := FleetStatus{App: r.app, TakenAt: now, Dynos: []Presence{}}
+	pres, _ := res[0].([]any)
+	for _, v := range pres {
+		raw, _ := v.(string)
+		var p Presence
+		if err := json.Unmarshal([]byte(raw), &p); err != nil {
+			continue // one bad entry must not hide the fleet
+		}
+		s.Dynos = append(s.Dynos, p)
+	}
+	slices.SortFunc(s.Dynos, func(a, b Presence) int { return naturalCompare(a.Dyno, b.Dyno) })
+	leases, _ := res[1].([]any)
+	for i := 0; i+1 < len(leases); i += 2 {
+		slot := SlotStatus{Slot: i / 2}
+		if v, _ := leases[i].(string); v != "" {
+			if l, ok := parseLeaseValue(slot.Slot, v); ok {
+				slot.Holder, slot.Token, slot.Since = l.Holder, l.Token, l.AcquiredAt
+				if ms := toInt(leases, i+1); ms > 0 {
+					slot.ExpiresAt = now.Add(time.Duration(ms) * time.Millisecond)
+				}
+			}
+		}
+		s.Slots = append(s.Slots, slot)
+	}
+	if e, _ := res[2].(string); e != "" && r.settle > 0 {
+		if ms, err := strconv.ParseInt(e, 10, 64); err == nil {
+			if at := time.UnixMilli(ms).Add(r.settle); at.After(now) {
+				s.SettlesAt = at
+			}
+		}
+	}
+	return s, nil
+}
+
+// WriteTable writes the fleet as a table, then one line per lease slot.
+// Times are shown relative to now.
+func WriteTable(w io.Writer, s FleetStatus, now time.Time) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "DYNO\tSTATE\tMEMORY / LIMIT\tUPTIME\tRESTARTS\tLAST REASON")
+	for _, p := range s.Dynos {
+		reason := p.LastReason
+		if reason == "" {
+			reason = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\n",
+			p.Dyno, p.State, memoryColumn(p.RSS, p.Limit), uptime(p.StartedAt, now), p.Restarts, reason)
+	}
+	if len(s.Dynos) == 0 {
+		fmt.Fprintln(tw, "(no agent has reported)\t\t\t\t\t")
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	var b strings.Builder
+	for _, sl := range s.Slots {
+		if sl.Holder == "" {
+			fmt.Fprintf(&b, "lease slot %d: free\n", sl.Slot)
+			continue
+		}
+		expires := "no expiry"
+		if !sl.ExpiresAt.IsZero() {
+			expires = "expires in " + shortDuration(sl.ExpiresAt.Sub(now))
+		}
+		fmt.Fprintf(&b, "lease slot %d: held by %s since %s (token %d, %s)\n",
+			sl.Slot, sl.Holder, sl.Since.UTC().Format(time.RFC3339), sl.Token, expires)
+	}
+	if !s.SettlesAt.IsZero() && s.SettlesAt.After(now) {
+		fmt.Fprintf(&b, "leases paused for %s: redis holds no fleet history yet (restarted or new)\n",
+			shortDuration(s.SettlesAt.Sub(now)))
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// WriteJSON writes s as indented JSON.
+func WriteJSON(w io.Writer, s FleetStatus) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(s)
+}
+
+func memoryColumn(rss, limit uint64) string {
+	if limit == 0 {
+		return humanBytes(rss) + " / -"
+	}
+	return fmt.Sprintf("%s / %s (%d%%)", humanBytes(rss), humanBytes(limit), rss*100/limit)
+}
+
+// humanBytes uses binary units named the way Heroku names them (512MB).
+func humanBytes(b uint64) string {
+	const mb = 1 << 20
+	switch {
+	case b >= 10<<30:
+		return fmt.Sprintf("%dGB", b>>30)
+	case b >= 1<<30:
+		return strconv.FormatFloat(float64(b)/(1<<30), 'f', 1, 64) + "GB"
+	case b >= mb:
+		return fmt.Sprintf("%dMB", b/mb)
+	default:
+		return fmt.Sprintf("%dKB", b>>10)
+	}
+}
+
+func uptime(started, now time.Time) string {
+	if started.IsZero() {
+		return "-"
+	}
+	return shortDuration(now.Sub(started))
+}
+
+// shortDuration prints the two largest units: 45s, 12m05s, 3h04m, 2d03h.
+func shortDuration(d time.Duration) string {
+	if d < 0 {
+		d = 0
+	}
+	s := int64(d / time.Second)
+	switch {
+	case s < 60:
+		return fmt.Sprintf("%ds", s)
+	case s < 3600:
+		return fmt.Sprintf("%dm%02ds", s/60, s%60)
+	case s < 86400:
+		return fmt.Sprintf("%dh%02dm", s/3600, s%3600/60)
+	default:
+		return fmt.Sprintf("%dd%02dh", s/86400, s%86400/3600)
+	}
+}
+
+// naturalCompare orders worker.2 before worker.10.
+func naturalCompare(a, b string) int {
+	for a != "" && b != "" {
+		da, db := leadingDigits(a), leadingDigits(b)
+		if da > 0 && db > 0 {
+			na, _ := strconv.ParseUint(a[:da], 10, 64)
+			nb, _ := strconv.ParseUint(b[:db], 10, 64)
+			if na != nb {
+				if na < nb {
+					return -1
+				}
+				return 1
+			}
+			a, b = a[da:], b[db:]
+			continue
+		}
+		if a[0] != b[0] {
+			if a[0] < b[0] {
+				return -1
+			}
+			return 1
+		}
+		a, b = a[1:], b[1:]
+	}
+	return len(a) - len(b)
+}
+
+func leadingDigits(s string) int {
+	i := 0
+	for i < len(s) && s[i] >= '0' && s[i] <= '9' {
+		i++
+	}
+	return i
+}
