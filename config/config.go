@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/url"
+	"os"
 	"strings"
 	"syscall"
 	"time"
@@ -115,6 +116,10 @@ func Load() (*Config, error) {
 			return nil, Errors{{Var: "environment", Problem: err.Error()}}
 		}
 		name := strings.TrimPrefix(pe.KeyName, Prefix+"_")
+		key := name // report the spelling the user set
+		if _, ok := os.LookupEnv(Prefix + "_" + name); ok {
+			key = Prefix + "_" + name
+		}
 		value := pe.Value
 		if name == "REDIS_URL" || name == "REDIS_TLS_URL" || strings.HasPrefix(name, "HEROKU_API_") {
 			value = "" // never echo a secret back
@@ -128,7 +133,8 @@ func Load() (*Config, error) {
 				problem = "not a " + map[string]string{"int": "whole number", "bool": "boolean"}[pe.TypeName]
 			}
 		}
-		return nil, Errors{{Var: pe.KeyName, Value: value, Problem: problem, Accepted: forms[pe.TypeName]}}
+		typeName := pe.TypeName[strings.LastIndexByte(pe.TypeName, '.')+1:]
+		return nil, Errors{{Var: key, Value: value, Problem: problem, Accepted: forms[typeName]}}
 	}
 	if errs := c.Validate(); len(errs) > 0 {
 		return nil, errs

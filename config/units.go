@@ -153,8 +153,11 @@ func (s *Schedule) Decode(v string) error {
 	if err != nil {
 		return fmt.Errorf("not a cron spec: %w", err)
 	}
-	if every, ok := sched.(cron.ConstantDelaySchedule); ok && every.Delay < time.Second {
-		return fmt.Errorf("interval must be at least 1s")
+	// cron rounds sub-second intervals up to 1s silently; say so instead.
+	if every, ok := strings.CutPrefix(v, "@every "); ok {
+		if d, err := time.ParseDuration(strings.TrimSpace(every)); err == nil && d < time.Second {
+			return fmt.Errorf("interval must be at least 1s")
+		}
 	}
 	*s = Schedule{Spec: v, Schedule: sched}
 	return nil
