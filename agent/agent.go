@@ -237,9 +237,9 @@ func (a *Agent) check(ctx context.Context, trigger string) error {
 	a.Metrics.Sample(rss, a.Settings.Limit)
 	if now.Sub(a.lastSample) >= 20*time.Second || trigger == "start" {
 		a.lastSample = now
-		a.Logger.Info("memory", "event", "sample", "sample#memory_rss", mb(rss), "sample#memory_limit", mb(a.Settings.Limit), "state", a.state)
+		a.Logger.Info("memory", "event", "sample", "sample#memory_rss", fmtMB(rss), "sample#memory_limit", fmtMB(a.Settings.Limit), "state", a.state)
 	} else {
-		a.Logger.Debug("memory", "event", "check", "trigger", trigger, "rss", mb(rss), "over_checks", a.overChecks)
+		a.Logger.Debug("memory", "event", "check", "trigger", trigger, "rss", fmtMB(rss), "over_checks", a.overChecks)
 	}
 	a.confirm(ctx, uptime)
 	a.publish(ctx, rss, startedAt)
@@ -251,7 +251,7 @@ func (a *Agent) check(ctx context.Context, trigger string) error {
 	if !d.Restart {
 		a.setState(heartbeat.StateWatching)
 		if d.Hold != "" && a.holdLogged != d.Hold {
-			a.Logger.Info("over the limit, holding", "event", "hold", "hold", d.Hold, "rss", mb(rss), "limit", mb(a.Settings.Limit),
+			a.Logger.Info("over the limit, holding", "event", "hold", "hold", d.Hold, "rss", fmtMB(rss), "limit", fmtMB(a.Settings.Limit),
 				"over_checks", a.overChecks, "uptime", uptime.Round(time.Second))
 		}
 		a.holdLogged = d.Hold
@@ -260,14 +260,14 @@ func (a *Agent) check(ctx context.Context, trigger string) error {
 	a.holdLogged = ""
 	if a.Settings.DryRun {
 		if a.state != heartbeat.StateWanting {
-			a.Logger.Warn("restart wanted; DRY_RUN is on, so nothing is done", "event", "dry_run", "reason", d.Reason, "rss", mb(rss), "limit", mb(a.Settings.Limit))
+			a.Logger.Warn("restart wanted; DRY_RUN is on, so nothing is done", "event", "dry_run", "reason", d.Reason, "rss", fmtMB(rss), "limit", fmtMB(a.Settings.Limit))
 		}
 		a.setState(heartbeat.StateWanting)
 		return nil
 	}
 	if a.state != heartbeat.StateWanting {
 		a.leaseWait = now
-		a.Logger.Warn("restart wanted", "event", "restart_wanted", "reason", d.Reason, "rss", mb(rss), "limit", mb(a.Settings.Limit),
+		a.Logger.Warn("restart wanted", "event", "restart_wanted", "reason", d.Reason, "rss", fmtMB(rss), "limit", fmtMB(a.Settings.Limit),
 			a.topJobs())
 	}
 	a.setState(heartbeat.StateWanting)
@@ -340,7 +340,7 @@ func (a *Agent) restart(ctx context.Context, lease heartbeat.Lease, reason strin
 
 	a.setState(heartbeat.StateRestarting)
 	a.publish(ctx, rss, a.workerStartedAt())
-	log.Warn("restarting", "event", "restart", "rss", mb(rss), "limit", mb(a.Settings.Limit),
+	log.Warn("restarting", "event", "restart", "rss", fmtMB(rss), "limit", fmtMB(a.Settings.Limit),
 		"count#dynocycle.restart", 1, a.topJobs())
 	a.Metrics.Restart(reason)
 	next, err := a.Restarter.Restart(ctx, reason)
@@ -483,7 +483,7 @@ func (a *Agent) topJobs() slog.Attr {
 	}
 	var parts []string
 	for _, j := range ga.TopJobs(3) {
-		parts = append(parts, fmt.Sprintf("%s +%s over %d runs", j.Class, mb(uint64(max(j.Bytes, 0))), j.Runs))
+		parts = append(parts, fmt.Sprintf("%s +%s over %d runs", j.Class, fmtMB(uint64(max(j.Bytes, 0))), j.Runs))
 	}
 	if len(parts) == 0 {
 		return slog.Attr{}
@@ -491,7 +491,7 @@ func (a *Agent) topJobs() slog.Attr {
 	return slog.String("top_jobs", strings.Join(parts, ", "))
 }
 
-func mb(b uint64) string { return fmt.Sprintf("%.1fMB", float64(b)/(1<<20)) }
+func fmtMB(b uint64) string { return fmt.Sprintf("%.1fMB", float64(b)/(1<<20)) }
 
 // Metrics receives what the agent observes; a Prometheus implementation
 // lives in the metrics package.

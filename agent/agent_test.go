@@ -1,0 +1,438 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/dynocycle/dynocycle/child"
+	"github.com/dynocycle/dynocycle/heartbeat"
+)
+
+// every is a check schedule with a fixed short interval.
+type every time.Duration
+
+func (e every) Next(t time.Time) time.Time { return t.Add(time.Duration(e)) }
+
+// recorder keeps the order of what the fakes were asked to do.
+type recorder struct {
+	mu     sync.Mutex
+	events []string
+}
+
+func (r *recorder) add(e string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.events = append(r.events, e)
+}
+
+func (r *recorder) list() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.events)
+}
+
+func (r *recorder) count(e string) int {
+	n := 0
+	for _, x := range r.list() {
+		if x == e {
+			n++
+		}
+	}
+	return n
+}
+
+type fakeMeter struct {
+	mu      sync.Mutex
+	rss     uint64
+	err     error
+	samples int
+}
+
+func (m *fakeMeter) Sample(context.Context) (uint64, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.samples++
+	return m.rss, m.err
+}
+
+// moreChecks waits until n more checks have run, so a test can assert that
+// something did not happen over several checks without guessing a duration.
+func (m *fakeMeter) moreChecks(t *testing.T, n int) {
+	t.Helper()
+	m.mu.Lock()
+	target := m.samples + n
+	m.mu.Unlock()
+	eventually(t, fmt.Sprintf("%d more checks", n), func() bool {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		return m.samples >= target
+	})
+}
+
+func (m *fakeMeter) set(rss uint64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.rss = rss
+}
+
+type fakeWorker struct {
+	rec      *recorder
+	drainErr error
+}
+
+func (w *fakeWorker) Quiet(context.Context) error { w.rec.add("quiet"); return nil }
+func (w *fakeWorker) Drain(ctx context.Context) error {
+	w.rec.add("drain")
+	return w.drainErr
+}
+
+// fakeFleet wraps the standalone fleet to record calls and inject errors.
+type fakeFleet struct {
+	*heartbeat.Local
+	rec        *recorder
+	acquireErr error
+	renewErr   error
+}
+
+func (f *fakeFleet) Acquire(ctx context.Context) (heartbeat.Lease, error) {
+	if f.acquireErr != nil {
+		f.rec.add("acquire_failed")
+		return heartbeat.Lease{}, f.acquireErr
+	}
+	l, err := f.Local.Acquire(ctx)
+	if err == nil {
+		f.rec.add("acquire")
+	}
+	return l, err
+}
+
+func (f *fakeFleet) Renew(ctx context.Context, l heartbeat.Lease) error {
+	if f.renewErr != nil {
+		return f.renewErr
+	}
+	return f.Local.Renew(ctx, l)
+}
+
+func (f *fakeFleet) Release(ctx context.Context, l heartbeat.Lease) error {
+	f.rec.add("release")
+	return f.Local.Release(ctx, l)
+}
+
+type fakeRestarter struct {
+	rec  *recorder
+	next Next
+	err  error
+	// onRestart runs inside Restart (a restart in place resets memory).
+	onRestart func()
+}
+
+func (r *fakeRestarter) Restart(ctx context.Context, reason string) (Next, error) {
+	r.rec.add("restart:" + reason)
+	if r.onRestart != nil {
+		r.onRestart()
+	}
+	return r.next, r.err
+}
+
+type fakeChild struct {
+	rec     *recorder
+	mu      sync.Mutex
+	started time.Time
+	exited  chan *child.ExitError
+	code    int
+}
+
+func newFakeChild(rec *recorder) *fakeChild {
+	return &fakeChild{rec: rec, started: time.Now(), exited: make(chan *child.ExitError, 1)}
+}
+
+func (c *fakeChild) StartedAt() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.started
+}
+func (c *fakeChild) restarted() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.started = time.Now()
+}
+func (c *fakeChild) Exited() <-chan *child.ExitError { return c.exited }
+func (c *fakeChild) Terminate(_ context.Context, sig syscall.Signal) (*child.ExitError, error) {
+	c.rec.add("terminate:" + sig.String())
+	return &child.ExitError{Code: c.code}, nil
+}
+func (c *fakeChild) Stop(context.Context) (*child.ExitError, error) {
+	c.rec.add("stop")
+	return &child.ExitError{Code: 0}, nil
+}
+
+const mb = 1 << 20
+
+type harness struct {
+	rec       *recorder
+	meter     *fakeMeter
+	fleet     *fakeFleet
+	restarter *fakeRestarter
+	child     *fakeChild
+	signals   chan os.Signal
+	agent     *Agent
+	done      chan error
+	cancel    context.CancelFunc
+}
+
+func newHarness(t *testing.T, rss uint64) *harness {
+	t.Helper()
+	rec := &recorder{}
+	h := &harness{
+		rec:       rec,
+		meter:     &fakeMeter{rss: rss},
+		fleet:     &fakeFleet{Local: heartbeat.NewLocal("worker.1", 1), rec: rec},
+		restarter: &fakeRestarter{rec: rec, next: Continue},
+		child:     newFakeChild(rec),
+		signals:   make(chan os.Signal, 2),
+	}
+	h.agent = &Agent{
+		Settings: Settings{
+			Policy: Policy{MaxRSS: 500 * mb, SustainChecks: 2}, Limit: 500 * mb,
+			CheckSchedule: every(2 * time.Millisecond), GraceTime: time.Second, ShutdownWait: time.Second,
+			ConfirmAfter: time.Hour, LeaseRenew: time.Millisecond, Dyno: "worker.1", TerminationWait: 200 * time.Millisecond,
+		},
+		Meter: h.meter, Worker: &fakeWorker{rec: rec}, Fleet: h.fleet, Restarter: h.restarter,
+		Child: h.child, Signals: h.signals,
+	}
+	return h
+}
+
+func (h *harness) start() {
+	ctx, cancel := context.WithCancel(context.Background())
+	h.cancel = cancel
+	h.done = make(chan error, 1)
+	go func() { h.done <- h.agent.Run(ctx) }()
+}
+
+func (h *harness) stop(t *testing.T) error {
+	t.Helper()
+	h.cancel()
+	select {
+	case err := <-h.done:
+		return err
+	case <-time.After(15 * time.Second):
+		t.Fatal("agent did not stop")
+		return nil
+	}
+}
+
+func (h *harness) wait(t *testing.T) error {
+	t.Helper()
+	select {
+	case err := <-h.done:
+		return err
+	case <-time.After(15 * time.Second):
+		t.Fatal("agent did not end")
+		return nil
+	}
+}
+
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+func TestRestartInPlaceFollowsTheFlow(t *testing.T) {
+	h := newHarness(t, 600*mb)
+	h.restarter.onRestart = func() { h.meter.set(100 * mb); h.child.restarted() }
+	h.start()
+	eventually(t, "a restart", func() bool { return h.rec.count("restart:max_rss") == 1 })
+	h.stop(t)
+	got := h.rec.list()
+	want := []string{"acquire", "quiet", "drain", "restart:max_rss"}
+	if !slices.Equal(got[:4], want) {
+		t.Errorf("events = %v, want %v first: the lease before the quiet", got, want)
+	}
+	if h.rec.count("restart:max_rss") != 1 {
+		t.Errorf("restarted %d times while memory was back under the limit", h.rec.count("restart:max_rss"))
+	}
+}
+
+func TestLeaseIsReleasedOnceTheNewWorkerIsHealthy(t *testing.T) {
+	h := newHarness(t, 600*mb)
+	h.agent.Settings.ConfirmAfter = 50 * time.Millisecond
+	h.restarter.onRestart = func() { h.meter.set(100 * mb); h.child.restarted() }
+	h.start()
+	eventually(t, "the lease released after the restart", func() bool { return h.rec.count("release") == 1 })
+	h.stop(t)
+	if _, held, _ := h.fleet.Held(context.Background()); held {
+		t.Error("lease still held")
+	}
+}
+
+func TestNoSlotMeansNoQuiet(t *testing.T) {
+	h := newHarness(t, 600*mb)
+	h.fleet.Local.Dyno = "worker.2" // another dyno's restart holds the only slot
+	other, err := h.fleet.Local.Acquire(context.Background())
+	h.fleet.Local.Dyno = "worker.1"
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.start()
+	eventually(t, "several checks", func() bool {
+		return h.fleet.Presence().State == heartbeat.StateWanting
+	})
+	h.meter.moreChecks(t, 5) // none of them may quiet
+	if n := h.rec.count("quiet"); n != 0 {
+		t.Fatalf("worker quieted %d times without a lease", n)
+	}
+	// The slot is freed: the waiting agent takes it and restarts.
+	if err := h.fleet.Local.Release(context.Background(), other); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the restart after the slot was freed", func() bool { return h.rec.count("restart:max_rss") == 1 })
+	h.stop(t)
+}
+
+func TestFleetErrorsKeepTheWorkerRunning(t *testing.T) {
+	for name, fault := range map[string]func(*fakeFleet){
+		"acquire fails":              func(f *fakeFleet) { f.acquireErr = errors.New("redis: connection refused") },
+		"peers missing":              func(f *fakeFleet) { f.acquireErr = &heartbeat.PeersError{ProcessType: "worker", Have: 0, Want: 1} },
+		"lease lost before quieting": func(f *fakeFleet) { f.renewErr = heartbeat.ErrNotHolder },
+	} {
+		t.Run(name, func(t *testing.T) {
+			h := newHarness(t, 600*mb)
+			fault(h.fleet)
+			h.start()
+			eventually(t, "attempts", func() bool {
+				return h.rec.count("acquire_failed") >= 3 || h.rec.count("acquire") >= 1
+			})
+			h.meter.moreChecks(t, 5)
+			h.stop(t)
+			if n := h.rec.count("quiet") + h.rec.count("restart:max_rss"); n != 0 {
+				t.Errorf("quiet or restart without a lease: %v", h.rec.list())
+			}
+		})
+	}
+}
+
+func TestDryRunNeverActs(t *testing.T) {
+	h := newHarness(t, 900*mb)
+	h.agent.Settings.DryRun = true
+	h.agent.Settings.Policy.CriticalRSS = 800 * mb
+	h.start()
+	eventually(t, "the restart wanted", func() bool { return h.fleet.Presence().State == heartbeat.StateWanting })
+	h.meter.moreChecks(t, 5)
+	h.stop(t)
+	if got := h.rec.list(); len(got) != 0 {
+		t.Errorf("dry run acted: %v", got)
+	}
+}
+
+func TestFailedRestartStopsTheWorkerAndExitsNonZero(t *testing.T) {
+	h := newHarness(t, 600*mb)
+	h.restarter.next, h.restarter.err = Exit, errors.New("heroku api: 500 after 5 attempts")
+	h.start()
+	err := h.wait(t)
+	var ee *ExitError
+	if !errors.As(err, &ee) || ee.Code != 1 {
+		t.Fatalf("err = %v, want exit 1", err)
+	}
+	if h.rec.count("stop") != 1 {
+		t.Errorf("worker not stopped: %v", h.rec.list())
+	}
+}
+
+func TestExitPlatformExitsWithRestartCode(t *testing.T) {
+	h := newHarness(t, 600*mb)
+	h.restarter.next = Exit
+	h.start()
+	var ee *ExitError
+	if err := h.wait(t); !errors.As(err, &ee) || ee.Code != ExitCodeRestart {
+		t.Fatalf("err = %v, want exit %d", err, ExitCodeRestart)
+	}
+}
+
+func TestAwaitTerminationEndsWithTheSignal(t *testing.T) {
+	h := newHarness(t, 600*mb)
+	h.restarter.next = AwaitTermination
+	h.agent.Settings.TerminationWait = time.Minute
+	h.child.code = 0
+	h.start()
+	eventually(t, "the API restart", func() bool { return h.rec.count("restart:max_rss") == 1 })
+	h.signals <- syscall.SIGTERM // what Heroku sends to every process of the dyno
+	var ee *ExitError
+	if err := h.wait(t); !errors.As(err, &ee) || ee.Code != 0 {
+		t.Fatalf("err = %v, want a clean exit", err)
+	}
+	if h.rec.count("terminate:terminated") != 1 {
+		t.Errorf("TERM not forwarded to the worker once: %v", h.rec.list())
+	}
+}
+
+func TestAwaitTerminationGivesUpWhenNoSignalComes(t *testing.T) {
+	h := newHarness(t, 600*mb)
+	h.restarter.next = AwaitTermination
+	h.start()
+	var ee *ExitError
+	if err := h.wait(t); !errors.As(err, &ee) || ee.Code != 1 {
+		t.Fatalf("err = %v, want exit 1", err)
+	}
+	if h.rec.count("stop") != 1 {
+		t.Errorf("worker not stopped: %v", h.rec.list())
+	}
+}
+
+func TestSignalsAreForwardedAndTheWorkersCodeReturned(t *testing.T) {
+	h := newHarness(t, 100*mb)
+	h.child.code = 143
+	h.start()
+	h.signals <- syscall.SIGINT
+	h.signals <- syscall.SIGTERM // Heroku may repeat TERM; it is not forwarded twice
+	var ee *ExitError
+	if err := h.wait(t); !errors.As(err, &ee) || ee.Code != 143 {
+		t.Fatalf("err = %v, want exit 143", err)
+	}
+	if got := h.rec.list(); !slices.Equal(got, []string{"terminate:interrupt"}) {
+		t.Errorf("events = %v", got)
+	}
+}
+
+func TestWorkerExitEndsTheAgentWithItsCode(t *testing.T) {
+	h := newHarness(t, 100*mb)
+	h.start()
+	h.child.exited <- &child.ExitError{Code: 3}
+	var ee *ExitError
+	if err := h.wait(t); !errors.As(err, &ee) || ee.Code != 3 {
+		t.Fatalf("err = %v, want exit 3", err)
+	}
+}
+
+func TestCriticalSkipsSustainAndUptime(t *testing.T) {
+	h := newHarness(t, 950*mb)
+	h.agent.Settings.Policy = Policy{MaxRSS: 500 * mb, CriticalRSS: 900 * mb, SustainChecks: 100, MinUptime: time.Hour}
+	h.restarter.onRestart = func() { h.meter.set(100 * mb); h.child.restarted() }
+	h.start()
+	eventually(t, "a critical restart", func() bool { return h.rec.count("restart:critical_rss") == 1 })
+	h.stop(t)
+}
+
+func TestSampleErrorsDoNotRestart(t *testing.T) {
+	h := newHarness(t, 600*mb)
+	h.meter.err = fmt.Errorf("read status of 42: %w", os.ErrNotExist)
+	h.start()
+	h.meter.moreChecks(t, 5)
+	h.stop(t)
+	if got := h.rec.list(); len(got) != 0 {
+		t.Errorf("acted without a memory sample: %v", got)
+	}
+}
