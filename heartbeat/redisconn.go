@@ -35,6 +35,7 @@ const (
 	defaultPoolTimeout  = 3 * time.Second
 	defaultPoolSize     = 4
 	defaultMaxRetries   = 1
+	defaultDialAttempts = 1 // go-redis would try 5 dials per command; the command retry is enough
 	clientName          = "dynocycle"
 )
 
@@ -93,6 +94,9 @@ func Connect(ctx context.Context, opts ConnectOptions) (*redis.Client, error) {
 	}
 	if o.MaxRetries == 0 {
 		o.MaxRetries = defaultMaxRetries
+	}
+	if o.DialerRetries == 0 {
+		o.DialerRetries = defaultDialAttempts
 	}
 	if o.ClientName == "" {
 		o.ClientName = clientName

@@ -115,13 +115,13 @@ func WriteTable(w io.Writer, s FleetStatus, now time.Time) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\n",
 			p.Dyno, p.State, memoryColumn(p.RSS, p.Limit), uptime(p.StartedAt, now), p.Restarts, reason)
 	}
-	if len(s.Dynos) == 0 {
-		fmt.Fprintln(tw, "(no agent has reported)\t\t\t\t\t")
-	}
 	if err := tw.Flush(); err != nil {
 		return err
 	}
 	var b strings.Builder
+	if len(s.Dynos) == 0 {
+		b.WriteString("(no agent has reported)\n")
+	}
 	for _, sl := range s.Slots {
 		if sl.Holder == "" {
 			fmt.Fprintf(&b, "lease slot %d: free\n", sl.Slot)

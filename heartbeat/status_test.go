@@ -1,0 +1,194 @@
+package heartbeat
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/dynocycle/dynocycle/internal/testredis"
+)
+
+var statusNow = time.Date(2026, 3, 14, 12, 0, 0, 0, time.UTC)
+
+func sampleStatus() FleetStatus {
+	const mb = 1 << 20
+	return FleetStatus{
+		App:     "shop",
+		TakenAt: statusNow,
+		Dynos: []Presence{
+			{Dyno: "worker.1", ProcessType: "worker", State: StateWatching, RSS: 300 * mb, Limit: 512 * mb,
+				StartedAt: statusNow.Add(-3*time.Hour - 4*time.Minute), Restarts: 2, LastReason: "memory", Version: "1.0.0"},
+			{Dyno: "worker.2", ProcessType: "worker", State: StateDraining, RSS: 530 * mb, Limit: 512 * mb,
+				StartedAt: statusNow.Add(-26 * time.Hour), Restarts: 0, Version: "1.0.0"},
+			{Dyno: "worker.10", ProcessType: "worker", State: StateWanting, RSS: 1536 * mb, Limit: 2048 * mb,
+				StartedAt: statusNow.Add(-12*time.Minute - 5*time.Second), Restarts: 1, LastReason: "schedule", Version: "1.0.0"},
+			{Dyno: "web.1", ProcessType: "web", State: StateWatching, RSS: 900 << 10, Version: "1.0.0"},
+		},
+		Slots: []SlotStatus{
+			{Slot: 0, Holder: "worker.2", Token: 42, Since: statusNow.Add(-90 * time.Second),
+				ExpiresAt: statusNow.Add(3*time.Minute + 20*time.Second)},
+			{Slot: 1},
+		},
+	}
+}
+
+func TestWriteTable(t *testing.T) {
+	var b bytes.Buffer
+	if err := WriteTable(&b, sampleStatus(), statusNow); err != nil {
+		t.Fatal(err)
+	}
+	want := `DYNO       STATE     MEMORY / LIMIT        UPTIME  RESTARTS  LAST REASON
+worker.1   watching  300MB / 512MB (58%)   3h04m   2         memory
+worker.2   draining  530MB / 512MB (103%)  1d02h   0         -
+worker.10  wanting   1.5GB / 2.0GB (75%)   12m05s  1         schedule
+web.1      watching  900KB / -             -       0         -
+lease slot 0: held by worker.2 since 2026-03-14T11:58:30Z (token 42, expires in 3m20s)
+lease slot 1: free
+`
+	if got := b.String(); got != want {
+		t.Fatalf("table:\n%s\nwant:\n%s", got, want)
+	}
+}
+
+func TestWriteTableEmptyAndSettling(t *testing.T) {
+	var b bytes.Buffer
+	s := FleetStatus{App: "shop", Slots: []SlotStatus{{Slot: 0}}, SettlesAt: statusNow.Add(4 * time.Minute)}
+	if err := WriteTable(&b, s, statusNow); err != nil {
+		t.Fatal(err)
+	}
+	want := `DYNO  STATE  MEMORY / LIMIT  UPTIME  RESTARTS  LAST REASON
+(no agent has reported)
+lease slot 0: free
+leases paused for 4m00s: redis holds no fleet history yet (restarted or new)
+`
+	if got := b.String(); got != want {
+		t.Fatalf("table:\n%q\nwant:\n%q", got, want)
+	}
+}
+
+func TestWriteJSON(t *testing.T) {
+	s := sampleStatus()
+	s.Dynos = s.Dynos[1:2]
+	var b bytes.Buffer
+	if err := WriteJSON(&b, s); err != nil {
+		t.Fatal(err)
+	}
+	want := `{
+  "app": "shop",
+  "taken_at": "2026-03-14T12:00:00Z",
+  "dynos": [
+    {
+      "dyno": "worker.2",
+      "process_type": "worker",
+      "state": "draining",
+      "rss_bytes": 555745280,
+      "limit_bytes": 536870912,
+      "started_at": "2026-03-13T10:00:00Z",
+      "restarts": 0,
+      "version": "1.0.0",
+      "updated_at": "0001-01-01T00:00:00Z"
+    }
+  ],
+  "slots": [
+    {
+      "slot": 0,
+      "holder": "worker.2",
+      "token": 42,
+      "since": "2026-03-14T11:58:30Z",
+      "expires_at": "2026-03-14T12:03:20Z"
+    },
+    {
+      "slot": 1
+    }
+  ]
+}
+`
+	if got := b.String(); got != want {
+		t.Fatalf("json:\n%s\nwant:\n%s", got, want)
+	}
+	var back FleetStatus
+	if err := json.Unmarshal(b.Bytes(), &back); err != nil {
+		t.Fatal(err)
+	}
+	if back.Slots[0].Holder != "worker.2" || back.Dynos[0].RSS != s.Dynos[0].RSS {
+		t.Fatalf("round trip lost data: %+v", back)
+	}
+}
+
+func TestSnapshot(t *testing.T) {
+	srv := testredis.Start(t)
+	ctx := context.Background()
+	clock := newFakeClock()
+	mk := func(dyno string) *Redis {
+		return newFleet(t, srv, RedisOptions{App: "shop", Dyno: dyno, Slots: 2, Settle: -1,
+			LeaseTTL: 5 * time.Minute, Now: clock.Now})
+	}
+	w10, w2, web, gone := mk("worker.10"), mk("worker.2"), mk("web.1"), mk("worker.3")
+	started := clock.Now().Add(-time.Hour)
+	if err := gone.Publish(ctx, Presence{State: StateWatching}); err != nil {
+		t.Fatal(err)
+	}
+	clock.Add(10 * time.Second)
+	for _, p := range []struct {
+		f     *Redis
+		state string
+	}{{w10, StateWanting}, {w2, StateDraining}, {web, StateWatching}} {
+		if err := p.f.Publish(ctx, Presence{State: p.state, RSS: 400 << 20, Limit: 512 << 20, StartedAt: started}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	lease, err := w2.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock.Add(10 * time.Second) // worker.3's presence (15s) has run out
+
+	s, err := web.Snapshot(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, p := range s.Dynos {
+		names = append(names, p.Dyno+"/"+p.State)
+	}
+	if got, want := names, []string{"web.1/watching", "worker.2/draining", "worker.10/wanting"}; !slices.Equal(got, want) {
+		t.Fatalf("dynos %v, want %v", got, want)
+	}
+	if p := s.Dynos[2]; p.ProcessType != "worker" || p.RSS != 400<<20 || !p.StartedAt.Equal(started) {
+		t.Fatalf("worker.10 presence %+v", p)
+	}
+	if len(s.Slots) != 2 || s.Slots[1].Holder != "" {
+		t.Fatalf("slots %+v", s.Slots)
+	}
+	sl := s.Slots[0]
+	if sl.Holder != "worker.2" || sl.Token != lease.Token || !sl.Since.Equal(lease.AcquiredAt) {
+		t.Fatalf("slot 0 = %+v, lease %+v", sl, lease)
+	}
+	if left := sl.ExpiresAt.Sub(s.TakenAt); left <= 0 || left > 5*time.Minute {
+		t.Fatalf("slot 0 expires in %s", left)
+	}
+	if s.App != "shop" || !s.TakenAt.Equal(clock.Now()) || !s.SettlesAt.IsZero() {
+		t.Fatalf("status header %+v", s)
+	}
+}
+
+func TestNaturalCompare(t *testing.T) {
+	for _, tc := range []struct {
+		a, b string
+		want int
+	}{
+		{"worker.2", "worker.10", -1},
+		{"worker.10", "worker.2", 1},
+		{"web.1", "worker.1", -1},
+		{"worker.1", "worker.1", 0},
+		{"worker", "worker.1", -1},
+	} {
+		got := naturalCompare(tc.a, tc.b)
+		if (got < 0) != (tc.want < 0) || (got > 0) != (tc.want > 0) {
+			t.Errorf("naturalCompare(%q, %q) = %d, want sign of %d", tc.a, tc.b, got, tc.want)
+		}
+	}
+}
