@@ -81,9 +81,10 @@ func NewHeroku(opts HerokuOptions) *Heroku {
 	if opts.BackoffInitial <= 0 {
 		opts.BackoffInitial = DefaultBackoffInitial
 	}
-	if opts.BackoffMax < opts.BackoffInitial {
-		opts.BackoffMax = max(DefaultBackoffMax, opts.BackoffInitial)
+	if opts.BackoffMax <= 0 {
+		opts.BackoffMax = DefaultBackoffMax
 	}
+	opts.BackoffMax = max(opts.BackoffMax, opts.BackoffInitial)
 	if opts.RateLimitWait <= 0 {
 		opts.RateLimitWait = DefaultRateLimitWait
 	}
@@ -124,6 +125,11 @@ func NewHeroku(opts HerokuOptions) *Heroku {
 // That happens at once on a permanent refusal (401, 403, 404, 422 and other
 // 4xx but 408 and 429), after MaxAttempts calls on 429, 5xx, network errors
 // and timeouts, or when ctx ends. The error never contains the token.
+//
+// A call that timed out may still have been accepted; retrying it then at
+// worst restarts the fresh dyno once more. Cancel ctx when SIGTERM arrives so
+// no retry outlives the dyno. With the defaults the worst case is about five
+// 10 s timeouts plus the waits between them, longer while rate limited.
 func (h *Heroku) Restart(ctx context.Context, reason string) (agent.Next, error) {
 	b := &backoff.ExponentialBackOff{
 		InitialInterval:     h.opts.BackoffInitial,
