@@ -269,6 +269,9 @@ func TestSidekiqFindQuietDrain(t *testing.T) {
 	if !w.Detected() {
 		t.Error("not detected")
 	}
+	if ok, err := w.Healthy(ctx); !ok || err != nil {
+		t.Errorf("healthy = %v, %v; want true", ok, err)
+	}
 	startRun(t, w)
 
 	jid := push(t, c, "SlowJob", 1, 8)
@@ -288,6 +291,9 @@ func TestSidekiqFindQuietDrain(t *testing.T) {
 	}
 	if !isDone(t, c, 1) {
 		t.Fatal("drained before the running job completed")
+	}
+	if ok, err := w.Healthy(ctx); ok || err != nil {
+		t.Errorf("healthy after quiet = %v, %v; want false", ok, err)
 	}
 	select {
 	case <-w.JobEnded():

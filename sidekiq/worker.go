@@ -214,6 +214,22 @@ func newer(a, b Process) bool {
 	return a.Beat.After(b.Beat)
 }
 
+// Healthy reports whether the child runs Sidekiq that takes work: at least
+// one of its processes found, none quiet. The agent uses it to confirm a
+// restart before it releases its restart lease.
+func (w *Worker) Healthy(ctx context.Context) (bool, error) {
+	procs, err := w.Processes(ctx)
+	if err != nil {
+		return false, err
+	}
+	for _, p := range procs {
+		if p.Quiet {
+			return false, nil
+		}
+	}
+	return len(procs) > 0, nil
+}
+
 // Quiet sends SIGTSTP to each Sidekiq process of the child: Sidekiq stops
 // fetching jobs and finishes the running ones. No other signal is ever sent:
 // Sidekiq dies at once, losing its jobs, on the ones it does not trap. With
@@ -222,8 +238,17 @@ func (w *Worker) Quiet(ctx context.Context) error {
 	procs, err := w.Processes(ctx)
 	if err != nil {
 		w.mu.Lock()
-		procs = w.known
+		known := w.known
 		w.mu.Unlock()
+		// Only those still in the child's tree: a pid of a previous life
+		// may have been reused.
+		pids := w.pids()
+		procs = nil
+		for _, p := range known {
+			if slices.Contains(pids, p.PID) {
+				procs = append(procs, p)
+			}
+		}
 		if len(procs) == 0 {
 			if w.Fallback == nil {
 				return fmt.Errorf("quiet: %w", err)

@@ -68,15 +68,16 @@ func job(class, jid string) string {
 }
 
 type fixture struct {
-	c  *redis.Client
-	os *fakeOS
-	w  *Worker
+	srv *testredis.Server
+	c   *redis.Client
+	os  *fakeOS
+	w   *Worker
 }
 
 func newFixture(t *testing.T, pids ...int) *fixture {
 	srv := testredis.Start(t)
 	c := newClient(t, srv)
-	f := &fixture{c: c, os: &fakeOS{pids: pids}}
+	f := &fixture{srv: srv, c: c, os: &fakeOS{pids: pids}}
 	f.w = &Worker{
 		Reader:       &Reader{Client: c},
 		Hostname:     "worker.1",
@@ -115,6 +116,33 @@ func TestWorkerProcessesOwnOnly(t *testing.T) {
 	}
 	if !f.w.Detected() {
 		t.Error("not detected")
+	}
+	if ok, err := f.w.Healthy(context.Background()); !ok || err != nil {
+		t.Errorf("healthy = %v, %v; want true", ok, err)
+	}
+	f.put(t, "worker.1:101:00000000swrm", state("worker.1:101:00000000swrm", 2000, `["default"]`, 0, 2105, true), nil)
+	if ok, err := f.w.Healthy(context.Background()); ok || err != nil {
+		t.Errorf("healthy with a quiet process = %v, %v; want false", ok, err)
+	}
+}
+
+// TestQuietRedisDown: the restart must not wait for Redis; the processes
+// found earlier are quieted, but only those still in the child's tree.
+func TestQuietRedisDown(t *testing.T) {
+	f := newFixture(t, 100, 101)
+	f.put(t, "worker.1:100:aaaaaaaaaaaa", state("worker.1:100:aaaaaaaaaaaa", 1, `["default"]`, 1, 10, false), nil)
+	f.put(t, "worker.1:101:bbbbbbbbbbbb", state("worker.1:101:bbbbbbbbbbbb", 1, `["default"]`, 1, 10, false), nil)
+	ctx := context.Background()
+	if procs, err := f.w.Processes(ctx); err != nil || len(procs) != 2 {
+		t.Fatalf("processes = %+v, %v", procs, err)
+	}
+	f.srv.Stop()
+	f.os.setPIDs(101)
+	if err := f.w.Quiet(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := f.os.signals(), []string{"101:stopped"}; !slices.Equal(got, want) {
+		t.Errorf("signals = %v, want %v", got, want)
 	}
 }
 
