@@ -1,3 +1,4 @@
+// +heroku install ./cmd/dynocycle ./examples/bloater
 module github.com/dynocycle/dynocycle
 
 go 1.26.8

@@ -118,8 +118,19 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.state = heartbeat.StateWatching
 
 	g, ctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return a.watch(ctx) })
-	g.Go(func() error { return a.handleSignals(ctx) })
+	// The first signal ends watching at once: no new restart starts, and an
+	// API call in flight is abandoned rather than retried against the fresh
+	// dyno the platform is already starting.
+	watchCtx, stopWatching := context.WithCancel(ctx)
+	defer stopWatching()
+	g.Go(func() error {
+		if err := a.watch(watchCtx); err != nil && ctx.Err() == nil && watchCtx.Err() == nil {
+			return err
+		}
+		<-ctx.Done() // the signal handler decides how the agent ends
+		return ctx.Err()
+	})
+	g.Go(func() error { return a.handleSignals(ctx, stopWatching) })
 	if a.Child != nil {
 		g.Go(func() error {
 			select {
@@ -140,7 +151,7 @@ func (a *Agent) Run(ctx context.Context) error {
 // handleSignals forwards SIGTERM and SIGINT to the worker and ends the agent
 // with the worker's exit code. Heroku may send SIGTERM more than once, so a
 // repeated TERM is not forwarded again; a second INT (Ctrl-C twice) kills.
-func (a *Agent) handleSignals(ctx context.Context) error {
+func (a *Agent) handleSignals(ctx context.Context, stopWatching context.CancelFunc) error {
 	var done chan *ExitError
 	// Terminate outlives ctx (a failing loop must not cut the worker's
 	// shutdown short); only a second INT kills at once.
@@ -154,7 +165,8 @@ func (a *Agent) handleSignals(ctx context.Context) error {
 			return e
 		case s := <-a.Signals:
 			sig, _ := s.(syscall.Signal)
-			a.Logger.Info("signal received", "event", "signal", "signal", sig.String(), "state", a.state)
+			a.Logger.Info("signal received", "event", "signal", "signal", sig.String())
+			stopWatching()
 			if a.Child == nil {
 				return &ExitError{Code: 0}
 			}
@@ -350,6 +362,8 @@ func (a *Agent) restart(ctx context.Context, lease heartbeat.Lease, reason strin
 	a.overChecks = 0
 	a.lastRSS = 0
 	switch {
+	case ctx.Err() != nil:
+		return ctx.Err() // stopping on a signal: the signal handler stops the worker
 	case err != nil:
 		log.Error("restart failed; stopping the worker and exiting so the platform restarts the process", "event", "restart_failed", "err", err)
 		a.stopChild(ctx)

@@ -251,8 +251,15 @@ func (c *CLI) buildAgent(ctx context.Context, cfg *config.Config, proc *child.Pr
 			w = proc
 		}
 		a.Restarter = &platform.ExitRestarter{Worker: w}
-	default:
-		return nil, nil, &config.Error{Var: "PLATFORM", Value: plat, Problem: "not available in this build", Accepted: "local or exit"}
+	case config.PlatformHeroku:
+		if cfg.Dyno == "" || cfg.App() == "" || cfg.Token() == "" {
+			return nil, nil, &config.Error{Var: "PLATFORM", Value: plat, Problem: "missing DYNO, HEROKU_APP_NAME or HEROKU_API_TOKEN",
+				Accepted: "set these config vars, or PLATFORM=local"}
+		}
+		a.Restarter = platform.NewHeroku(platform.HerokuOptions{
+			Token: string(cfg.Token()), App: cfg.App(), Dyno: cfg.Dyno, BaseURL: cfg.HerokuAPIURL,
+			Version: Version(), Logger: log,
+		})
 	}
 	log.Info("agent starting", "event", "agent_start", "dyno", dyno, "version", Version(), "platform", plat,
 		"memory_source", meter.Source, "limit", config.FormatBytes(limit), "critical", cfg.CriticalRSS.String(),
