@@ -279,6 +279,7 @@ if want > 0 then
         if ok and type(p) == 'table' and p.process_type == ptype then
           seen = seen + 1
           counted[name] = true
+          -- Presence.Healthy: watching or wanting, and not holding a lease.
           if (p.state == 'watching' or p.state == 'wanting') and not holders[name] then
             have = have + 1
           end

@@ -415,3 +415,30 @@ func TestRedisDownDuringDrain(t *testing.T) {
 		t.Fatalf("token %d after %d", lb.Token, la.Token)
 	}
 }
+
+func TestRunStartsAndStopsSubscriber(t *testing.T) {
+	srv := testredis.Start(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	waiter := newFleet(t, srv, RedisOptions{Dyno: "worker.1", Settle: -1})
+	holder := newFleet(t, srv, RedisOptions{Dyno: "worker.2", Settle: -1})
+	ran := make(chan error, 1)
+	go func() { ran <- waiter.Run(ctx) }()
+	waitSignal(t, waiter.freed, 10*time.Second, "subscribed by Run")
+	l, err := holder.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := holder.Release(ctx, l); err != nil {
+		t.Fatal(err)
+	}
+	waitSignal(t, waiter.SlotFreed(), 10*time.Second, "release seen")
+	cancel()
+	select {
+	case err := <-ran:
+		if err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return after cancel")
+	}
+}
