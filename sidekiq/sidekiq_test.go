@@ -51,7 +51,7 @@ type sidekiqProc struct {
 
 // appEnv is the environment of the test app: this process's, without
 // anything that could point Sidekiq at another Redis.
-func appEnv(srv *testredis.Server) []string {
+func appEnv(srv *testredis.Server, dyno string) []string {
 	var env []string
 	for _, kv := range os.Environ() {
 		if strings.HasPrefix(kv, "REDIS_") || strings.HasPrefix(kv, "DYNO=") {
@@ -59,10 +59,16 @@ func appEnv(srv *testredis.Server) []string {
 		}
 		env = append(env, kv)
 	}
-	return append(env, "DYNO="+testHost, "REDIS_URL="+srv.URL())
+	return append(env, "DYNO="+dyno, "REDIS_URL="+srv.URL())
 }
 
 func startSidekiq(t *testing.T, srv *testredis.Server, args ...string) *sidekiqProc {
+	t.Helper()
+	return startSidekiqOn(t, srv, testHost, args...)
+}
+
+// startSidekiqOn starts Sidekiq as if on dyno (its DYNO).
+func startSidekiqOn(t *testing.T, srv *testredis.Server, dyno string, args ...string) *sidekiqProc {
 	t.Helper()
 	bin := requireTool(t, "sidekiq")
 	jobs, err := filepath.Abs("../examples/sidekiq/jobs.rb")
@@ -75,7 +81,7 @@ func startSidekiq(t *testing.T, srv *testredis.Server, args ...string) *sidekiqP
 		t.Fatal(err)
 	}
 	cmd := exec.Command(bin, append([]string{"-r", jobs}, args...)...)
-	cmd.Env = appEnv(srv)
+	cmd.Env = appEnv(srv, dyno)
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
@@ -372,7 +378,7 @@ func TestSidekiqBloatJob(t *testing.T) {
 	// BloatJob 1 retains 5 MB and holds for 7 s, so at least one heartbeat
 	// (every 5 s) shows it running.
 	cmd := exec.CommandContext(ctx, ruby, "../examples/sidekiq/enqueue.rb", "1", "BloatJob", "5", "7")
-	cmd.Env = appEnv(srv)
+	cmd.Env = appEnv(srv, testHost)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
@@ -400,5 +406,75 @@ func TestSidekiqBloatJob(t *testing.T) {
 	pid, _ := c.HGet(ctx, "dynocycle:test:pid", "1").Result()
 	if pid != strconv.Itoa(sk.pid()) {
 		t.Errorf("job 1 recorded pid %q, want %d", pid, sk.pid())
+	}
+}
+
+// TestSidekiqSwarm: two Sidekiq processes in the child's tree are both
+// found, quieted and drained; a Sidekiq on another dyno is left alone and
+// counts as a live peer.
+func TestSidekiqSwarm(t *testing.T) {
+	t.Parallel()
+	srv := testredis.Start(t)
+	c := newClient(t, srv)
+	a := startSidekiq(t, srv, "-c", "1", "-t", "5", "-q", "default")
+	b := startSidekiq(t, srv, "-c", "1", "-t", "5", "-q", "default")
+	peer := startSidekiqOn(t, srv, "worker.2", "-c", "1", "-t", "5", "-q", "default", "-q", "other")
+	sigs := &signalLog{}
+	w := newRealWorker(t, c, a, sigs)
+	w.PIDs = func() []int { return append(a.pids(), b.pids()...) }
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+
+	waitFor(ctx, t, "all three processes in redis", func() bool {
+		all, err := w.Reader.Processes(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(all) == 3
+	})
+	peers, err := w.LivePeers(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(peers) != 1 || peers[0].PID != peer.pid() || peers[0].Hostname != "worker.2" {
+		t.Fatalf("live peers = %+v, want the worker.2 process %d", peers, peer.pid())
+	}
+	// The peer is quiet here: it must not take the jobs meant for a and b.
+	if err := syscall.Kill(peer.pid(), syscall.SIGTSTP); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(ctx, t, "the peer to report quiet", func() bool {
+		peers, err := w.LivePeers(ctx, nil)
+		return err == nil && len(peers) == 0
+	})
+
+	j1, j2 := push(t, c, "SlowJob", 11, 6), push(t, c, "SlowJob", 12, 6)
+	waitRunning(ctx, t, w, j1)
+	waitRunning(ctx, t, w, j2)
+	procs, err := w.Processes(ctx)
+	if err != nil || len(procs) != 2 {
+		t.Fatalf("own processes = %+v, %v; want a and b", procs, err)
+	}
+	if err := w.Quiet(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := sigs.signals(); !slices.Equal(got, []syscall.Signal{syscall.SIGTSTP, syscall.SIGTSTP}) {
+		t.Fatalf("signals = %v, want SIGTSTP to each of the two", got)
+	}
+	drainCtx, cancelDrain := context.WithTimeout(ctx, 60*time.Second)
+	defer cancelDrain()
+	if err := w.Drain(drainCtx); err != nil {
+		t.Fatalf("drain: %v", err)
+	}
+	if !isDone(t, c, 11) || !isDone(t, c, 12) {
+		t.Fatal("drained before both jobs completed")
+	}
+	ran := map[string]bool{}
+	for _, n := range []string{"11", "12"} {
+		pid, _ := c.HGet(ctx, "dynocycle:test:pid", n).Result()
+		ran[pid] = true
+	}
+	if !ran[strconv.Itoa(a.pid())] || !ran[strconv.Itoa(b.pid())] {
+		t.Errorf("jobs ran in %v, want one in each of %d and %d", ran, a.pid(), b.pid())
 	}
 }
