@@ -97,6 +97,7 @@ type Agent struct {
 	lastReason string
 	pending    *heartbeat.Lease // held from before the last restart, released once healthy
 	holdLogged string
+	waitLogged string
 	lastSample time.Time
 	leaseWait  time.Time
 }
@@ -279,16 +280,31 @@ func (a *Agent) check(ctx context.Context, trigger string) error {
 	}
 	if a.state != heartbeat.StateWanting {
 		a.leaseWait = now
+		a.waitLogged = ""
 		a.Logger.Warn("restart wanted", "event", "restart_wanted", "reason", d.Reason, "rss", fmtMB(rss), "limit", fmtMB(a.Settings.Limit),
 			a.topJobs())
 	}
 	a.setState(heartbeat.StateWanting)
-	lease, err := a.acquire(ctx)
+	if a.pending != nil {
+		// Wanted again before the last restart was confirmed: hand the slot
+		// to waiting dynos first rather than keep it, or one quick bloater
+		// could hold the fleet's only slot forever.
+		a.releasePending(ctx, "restart wanted again before the last one was confirmed")
+		return nil
+	}
+	lease, err := a.Fleet.Acquire(ctx)
 	if err != nil {
 		var pe *heartbeat.PeersError
 		switch {
 		case errors.Is(err, heartbeat.ErrNoSlot), errors.As(err, &pe):
-			a.Logger.Info("waiting for a restart slot", "event", "lease_wait", "reason", err.Error())
+			kind := "no_slot"
+			if pe != nil {
+				kind = "peers"
+			}
+			if a.waitLogged != kind {
+				a.Logger.Info("waiting for a restart slot", "event", "lease_wait", "why", err.Error())
+			}
+			a.waitLogged = kind
 		default:
 			// Without the lease nothing is quieted: the worker keeps running.
 			a.Logger.Warn("cannot take the restart lease; the worker keeps running", "event", "lease_error", "err", err)
@@ -297,17 +313,6 @@ func (a *Agent) check(ctx context.Context, trigger string) error {
 	}
 	a.Metrics.LeaseWait(now.Sub(a.leaseWait))
 	return a.restart(ctx, lease, d.Reason, rss)
-}
-
-// acquire reuses a lease still held from before the last restart: this dyno
-// already owns that slot.
-func (a *Agent) acquire(ctx context.Context) (heartbeat.Lease, error) {
-	if a.pending != nil {
-		l := *a.pending
-		a.pending = nil
-		return l, nil
-	}
-	return a.Fleet.Acquire(ctx)
 }
 
 func (a *Agent) restart(ctx context.Context, lease heartbeat.Lease, reason string, rss uint64) error {
@@ -446,14 +451,18 @@ func (a *Agent) confirm(ctx context.Context, uptime time.Duration) {
 	if !healthy {
 		return
 	}
+	a.releasePending(ctx, "worker healthy after restart")
+}
+
+// releasePending frees the lease held from before the last restart.
+func (a *Agent) releasePending(ctx context.Context, why string) {
 	lease := *a.pending
 	if err := a.Fleet.Release(ctx, lease); err != nil && !errors.Is(err, heartbeat.ErrNotHolder) {
 		a.Logger.Warn("cannot release the restart lease yet", "event", "lease_release_failed", "err", err)
 		return
 	}
 	a.pending = nil
-	a.Logger.Info("worker healthy after restart; lease released", "event", "lease_released", "slot", lease.Slot, "token", lease.Token,
-		"uptime", uptime.Round(time.Second))
+	a.Logger.Info(why+"; lease released", "event", "lease_released", "slot", lease.Slot, "token", lease.Token)
 }
 
 func (a *Agent) publish(ctx context.Context, rss uint64, startedAt time.Time) {

@@ -436,3 +436,18 @@ func TestSampleErrorsDoNotRestart(t *testing.T) {
 		t.Errorf("acted without a memory sample: %v", got)
 	}
 }
+
+func TestRepeatedRestartsHandTheSlotBackInBetween(t *testing.T) {
+	h := newHarness(t, 600*mb) // memory stays high: the new worker wants a restart at once
+	h.restarter.onRestart = h.child.restarted
+	h.start()
+	eventually(t, "two restarts", func() bool { return h.rec.count("restart:max_rss") >= 2 })
+	h.stop(t)
+	got := h.rec.list()
+	first := slices.Index(got, "restart:max_rss")
+	second := first + 1 + slices.Index(got[first+1:], "restart:max_rss")
+	between := got[first+1 : second]
+	if !slices.Contains(between, "release") || !slices.Contains(between, "acquire") {
+		t.Errorf("events between two restarts = %v, want the slot released and acquired again", between)
+	}
+}

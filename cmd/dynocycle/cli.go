@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -14,12 +15,15 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/dynocycle/dynocycle/agent"
 	"github.com/dynocycle/dynocycle/child"
 	"github.com/dynocycle/dynocycle/config"
 	"github.com/dynocycle/dynocycle/heartbeat"
 	"github.com/dynocycle/dynocycle/memory"
 	"github.com/dynocycle/dynocycle/platform"
+	"github.com/dynocycle/dynocycle/sidekiq"
 	"github.com/dynocycle/dynocycle/worker"
 )
 
@@ -233,14 +237,41 @@ func (c *CLI) buildAgent(ctx context.Context, cfg *config.Config, proc *child.Pr
 	if cfg.RestartSchedule.Set() {
 		settings.RestartSchedule = cfg.RestartSchedule
 	}
-	settings.LeaseRenew = leaseTTL(cfg) / 3
+	settings.LeaseRenew = leaseRenew(cfg)
 
 	a := &agent.Agent{Settings: settings, Meter: meter, Logger: log}
+	cleanup := func() {}
+	fleetKind := "standalone"
+	var client *redis.Client
+	if cfg.Redis() != "" {
+		client, err = connectRedis(ctx, cfg, plat == config.PlatformHeroku, log)
+		if err != nil {
+			return nil, nil, err
+		}
+	}
 	if proc != nil {
 		a.Child = proc
-		a.Worker = &worker.Signals{Process: proc, QuietSignal: cfg.QuietSignal.Sig, Logger: log}
+		w, err := newWorker(cfg, proc, meter, client, dyno, log)
+		if err != nil {
+			return nil, nil, err
+		}
+		a.Worker = w
+		if sw, ok := w.(*sidekiq.Worker); ok {
+			a.Runners = append(a.Runners, sw.Run)
+		}
 	}
-	a.Fleet = heartbeat.NewLocal(dyno, cfg.MaxConcurrentRestarts)
+	if client == nil {
+		a.Fleet = heartbeat.NewLocal(dyno, cfg.MaxConcurrentRestarts)
+	} else {
+		fleet := heartbeat.NewRedis(client, heartbeat.RedisOptions{
+			App: appName(cfg), Dyno: dyno, Slots: cfg.MaxConcurrentRestarts, MinHealthyPeers: cfg.MinHealthyPeers,
+			LeaseTTL: leaseTTL(cfg), PresenceTTL: presenceTTL(cfg), Settle: 3 * leaseRenew(cfg), Logger: log,
+		})
+		a.Fleet = fleet
+		a.Runners = append(a.Runners, fleet.Run)
+		cleanup = func() { fleet.Close(); client.Close() }
+		fleetKind = "redis"
+	}
 
 	switch plat {
 	case config.PlatformLocal:
@@ -263,8 +294,81 @@ func (c *CLI) buildAgent(ctx context.Context, cfg *config.Config, proc *child.Pr
 	}
 	log.Info("agent starting", "event", "agent_start", "dyno", dyno, "version", Version(), "platform", plat,
 		"memory_source", meter.Source, "limit", config.FormatBytes(limit), "critical", cfg.CriticalRSS.String(),
-		"check", cfg.CheckSchedule.String(), "fleet", "standalone", "dry_run", cfg.DryRun)
-	return a, func() {}, nil
+		"check", cfg.CheckSchedule.String(), "fleet", fleetKind, "dry_run", cfg.DryRun)
+	return a, cleanup, nil
+}
+
+// newWorker picks how the worker is quieted and drained. Sidekiq is found
+// through its own records in Redis; a child that turns out not to be Sidekiq
+// falls back to plain signals.
+func newWorker(cfg *config.Config, proc *child.Process, meter *memory.Meter, client *redis.Client, dyno string, log *slog.Logger) (agent.Worker, error) {
+	signals := &worker.Signals{Process: proc, QuietSignal: cfg.QuietSignal.Sig, Logger: log}
+	switch {
+	case cfg.Worker == config.WorkerSignals:
+		return signals, nil
+	case cfg.Worker == config.WorkerSidekiq && client == nil:
+		return nil, &config.Error{Var: "WORKER", Value: "sidekiq", Problem: "needs REDIS_URL, where Sidekiq keeps its records",
+			Accepted: "set REDIS_URL to Sidekiq's Redis, or WORKER=signals with QUIET_SIGNAL=TSTP"}
+	case client == nil:
+		return signals, nil
+	}
+	if cfg.Worker == config.WorkerSidekiq && !cfg.QuietSignal.Set() {
+		signals.QuietSignal = syscall.SIGTSTP // Sidekiq's quiet signal, should its records be missing
+	}
+	if t, ok := sidekiq.ShutdownTimeout(proc.Args); ok && t+5*time.Second > cfg.ShutdownWait.D() {
+		log.Warn("SHUTDOWN_WAIT is shorter than Sidekiq's -t plus 5s: a busy Sidekiq may be killed before it hands its jobs back",
+			"event", "config_warning", "sidekiq_timeout", t, "shutdown_wait", cfg.ShutdownWait.D())
+	}
+	return &sidekiq.Worker{
+		Reader:   &sidekiq.Reader{Client: client, Namespace: cfg.SidekiqNamespace, Logger: log},
+		Hostname: dyno,
+		PIDs: func() []int {
+			pids, _ := meter.Tree(proc.Pid())
+			return pids
+		},
+		Fallback: signals,
+		Logger:   log,
+	}, nil
+}
+
+// connectRedis opens the coordination store. go-redis logs dial failures
+// through a package-level logger; it is pointed at ours (at debug level,
+// since the agent logs its own errors) once, here, where the process is set up.
+func connectRedis(ctx context.Context, cfg *config.Config, onHeroku bool, log *slog.Logger) (*redis.Client, error) {
+	redis.SetLogger(redisLogger{log})
+	name := "REDIS_URL"
+	if cfg.RedisTLSURL != "" {
+		name = "REDIS_TLS_URL"
+	}
+	client, err := heartbeat.Connect(ctx, heartbeat.ConnectOptions{
+		URL: string(cfg.Redis()), TLSVerify: cfg.RedisTLSVerify, OnHeroku: onHeroku, Logger: log,
+	})
+	if err != nil {
+		return nil, &config.Error{Var: name, Problem: err.Error(), Accepted: "redis://[user:password@]host:port[/db] or rediss:// for TLS"}
+	}
+	return client, nil
+}
+
+type redisLogger struct{ log *slog.Logger }
+
+func (l redisLogger) Printf(ctx context.Context, format string, v ...any) {
+	l.log.Debug(fmt.Sprintf(format, v...), "event", "redis_client")
+}
+
+// appName scopes the fleet's keys. Off Heroku, HEROKU_APP_NAME still names
+// the app; without it every agent on that Redis is one fleet.
+func appName(cfg *config.Config) string {
+	if app := cfg.App(); app != "" {
+		return app
+	}
+	return "default"
+}
+
+// presenceTTL lets a dead agent's presence vanish after three missed checks.
+func presenceTTL(cfg *config.Config) time.Duration {
+	now := time.Now()
+	every := cfg.CheckSchedule.Next(now).Sub(now)
+	return max(15*time.Second, 3*every)
 }
 
 // resolveLimits turns MAX_RSS and CRITICAL_RSS into bytes. Without MAX_RSS
@@ -302,6 +406,14 @@ func resolveLimits(cfg *config.Config, meter *memory.Meter, log *slog.Logger) (a
 // drain, the stop and a restart with boot.
 func leaseTTL(cfg *config.Config) time.Duration {
 	return cfg.GraceTime.D() + cfg.ShutdownWait.D() + cfg.ConfirmAfter.D() + 2*time.Minute
+}
+
+// leaseRenew is how often a held lease is renewed while quieting and
+// draining. Short, so that after Redis loses its data a dyno mid-restart
+// takes its slot back within seconds; an empty Redis grants no new lease for
+// three of these intervals (heartbeat.RedisOptions.Settle) to let it.
+func leaseRenew(cfg *config.Config) time.Duration {
+	return min(leaseTTL(cfg)/3, 5*time.Second)
 }
 
 // runPlain runs the command with signal forwarding and nothing else.
@@ -343,6 +455,66 @@ func indent(s string) string {
 }
 
 func (c *CLI) status(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fmt.Fprintln(stderr, "dynocycle status: not yet available")
-	return exitFail
+	asJSON := false
+	for _, a := range args {
+		switch a {
+		case "--json", "-json":
+			asJSON = true
+		default:
+			fmt.Fprintf(stderr, "dynocycle status: unknown flag %q; accepted: --json\n", a)
+			return exitConfig
+		}
+	}
+	cfg, err := config.Load()
+	if err != nil {
+		fmt.Fprintln(stderr, "dynocycle: configuration error:\n"+indent(err.Error()))
+		return exitConfig
+	}
+	if cfg.Redis() == "" {
+		fmt.Fprintln(stderr, "dynocycle status: REDIS_URL is not set; accepted: the Redis URL the agents use (a standalone agent has no fleet to show)")
+		return exitConfig
+	}
+	log := newLogger(cfg, stderr)
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	client, err := connectRedis(ctx, cfg, cfg.ResolvePlatform(true) == config.PlatformHeroku, log)
+	if err != nil {
+		fmt.Fprintln(stderr, "dynocycle: configuration error:\n"+indent(err.Error()))
+		return exitConfig
+	}
+	defer client.Close()
+	fleet := heartbeat.NewRedis(client, heartbeat.RedisOptions{App: appName(cfg), Slots: cfg.MaxConcurrentRestarts, Logger: log})
+	snap, err := fleet.Snapshot(ctx)
+	if err != nil {
+		fmt.Fprintln(stderr, "dynocycle status:", err)
+		return exitFail
+	}
+	reader := &sidekiq.Reader{Client: client, Namespace: cfg.SidekiqNamespace, Logger: log}
+	procs, perr := reader.Processes(ctx)
+	stats, serr := reader.Stats(ctx)
+	var sq *sidekiq.Status
+	if perr == nil && serr == nil && (len(procs) > 0 || len(stats.Queues) > 0) {
+		sq = &sidekiq.Status{Processes: procs, Stats: stats}
+	} else if perr != nil || serr != nil {
+		log.Warn("cannot read Sidekiq's records", "event", "status_sidekiq_failed", "err", errors.Join(perr, serr))
+	}
+	if asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		err = enc.Encode(struct {
+			Fleet   heartbeat.FleetStatus `json:"fleet"`
+			Sidekiq *sidekiq.Status       `json:"sidekiq,omitempty"`
+		}{snap, sq})
+	} else {
+		err = heartbeat.WriteTable(stdout, snap, time.Now())
+		if err == nil && sq != nil {
+			fmt.Fprintln(stdout)
+			err = sidekiq.WriteStatus(stdout, sq.Processes, sq.Stats)
+		}
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "dynocycle status:", err)
+		return exitFail
+	}
+	return exitOK
 }

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The agent's own memory while it watches a worker at 1 s checks.
+# Usage: bench/footprint.sh [SECONDS]   (default 60; needs bin/ from `make build`)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-60}
+[ -x bin/dynocycle ] && [ -x bin/bloater ] || make build >/dev/null
+
+# A worker that never crosses the limit, so the agent only watches.
+MAX_RSS=4GB CHECK_SCHEDULE='@every 1s' LOG_LEVEL=warn BLOAT_MB=1 JOB_MS=1000 \
+  bin/dynocycle run -- bin/bloater >/dev/null 2>&1 &
+agent=$!
+trap 'kill -TERM $agent 2>/dev/null; wait $agent 2>/dev/null || true' EXIT
+
+sleep "$secs"
+rss=$(awk '/^VmRSS/ {print $2}' /proc/$agent/status)
+hwm=$(awk '/^VmHWM/ {print $2}' /proc/$agent/status)
+threads=$(awk '/^Threads/ {print $2}' /proc/$agent/status)
+cpu=$(awk '{print $14 + $15}' /proc/$agent/stat)
+hz=$(getconf CLK_TCK)
+awk -v s="$secs" -v r="$rss" -v h="$hwm" -v t="$threads" -v c="$cpu" -v hz="$hz" 'BEGIN {
+  printf "agent after %ss of 1s checks: VmRSS %.1f MB, peak (VmHWM) %.1f MB, %s threads, CPU %.2fs (%.2f%% of one core)\n", s, r/1024, h/1024, t, c/hz, 100*c/hz/s }'
