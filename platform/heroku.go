@@ -45,6 +45,9 @@ type HerokuOptions struct {
 	RateLimitWait  time.Duration // least wait when the rate limit is spent
 
 	Logger *slog.Logger
+	// OnFailure is told the status of every failed call (0: no response),
+	// for the API error metric. Optional.
+	OnFailure func(status int)
 	// Transport is the inner HTTP transport under heroku-go's; tests may
 	// replace it. Defaults to a clone of http.DefaultTransport.
 	Transport http.RoundTripper
@@ -150,6 +153,9 @@ func (h *Heroku) Restart(ctx context.Context, reason string) (agent.Next, error)
 			return agent.AwaitTermination, nil
 		}
 		errText := h.redact(res.err).Error()
+		if h.opts.OnFailure != nil {
+			h.opts.OnFailure(res.status)
+		}
 		if ctx.Err() != nil {
 			log.Warn("dyno restart abandoned", append(attrs, "wait", time.Duration(0), "err", errText)...)
 			return agent.Exit, h.redact(fmt.Errorf("heroku api: restart %s: %w", h.opts.Dyno, context.Cause(ctx)))
