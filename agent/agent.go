@@ -146,7 +146,14 @@ func (a *Agent) Run(ctx context.Context) error {
 	for _, run := range a.Runners {
 		g.Go(func() error { return run(ctx) })
 	}
-	return g.Wait()
+	err := g.Wait()
+	var ee *ExitError
+	if a.Child != nil && !errors.As(err, &ee) {
+		// A helper loop failed: the worker must not outlive the agent.
+		a.Logger.Error("agent failed; stopping the worker", "event", "agent_failed", "err", err)
+		a.stopChild(context.Background())
+	}
+	return err
 }
 
 // handleSignals forwards SIGTERM and SIGINT to the worker and ends the agent
@@ -307,6 +314,7 @@ func (a *Agent) check(ctx context.Context, trigger string) error {
 			a.waitLogged = kind
 		default:
 			// Without the lease nothing is quieted: the worker keeps running.
+			a.Metrics.FleetError("acquire")
 			a.Logger.Warn("cannot take the restart lease; the worker keeps running", "event", "lease_error", "err", err)
 		}
 		return nil
@@ -403,6 +411,7 @@ func (a *Agent) renew(ctx context.Context, lease heartbeat.Lease, log *slog.Logg
 			// Once quiet, the restart goes through even if the lease is lost:
 			// a quiet worker takes no jobs, so stopping would be worse.
 			if err := a.Fleet.Renew(ctx, lease); err != nil && ctx.Err() == nil {
+				a.Metrics.FleetError("renew")
 				log.Warn("lease renewal failed; finishing the restart already under way", "event", "lease_renew_failed", "err", err)
 			}
 		}
@@ -458,6 +467,7 @@ func (a *Agent) confirm(ctx context.Context, uptime time.Duration) {
 func (a *Agent) releasePending(ctx context.Context, why string) {
 	lease := *a.pending
 	if err := a.Fleet.Release(ctx, lease); err != nil && !errors.Is(err, heartbeat.ErrNotHolder) {
+		a.Metrics.FleetError("release")
 		a.Logger.Warn("cannot release the restart lease yet", "event", "lease_release_failed", "err", err)
 		return
 	}
@@ -473,8 +483,10 @@ func (a *Agent) publish(ctx context.Context, rss uint64, startedAt time.Time) {
 	}
 	if ga, ok := a.Worker.(GrowthAttributor); ok {
 		p.TopJobs = ga.TopJobs(3)
+		a.Metrics.JobGrowth(ga.TopJobs(20))
 	}
 	if err := a.Fleet.Publish(ctx, p); err != nil {
+		a.Metrics.FleetError("publish")
 		a.Logger.Warn("publish presence failed", "event", "publish_failed", "err", err)
 	}
 }
@@ -524,12 +536,16 @@ type Metrics interface {
 	Restart(reason string)
 	Drain(d time.Duration)
 	LeaseWait(d time.Duration)
+	FleetError(op string)
+	JobGrowth(jobs []heartbeat.JobGrowth)
 }
 
 type nopMetrics struct{}
 
-func (nopMetrics) Sample(uint64, uint64)   {}
-func (nopMetrics) State(string)            {}
-func (nopMetrics) Restart(string)          {}
-func (nopMetrics) Drain(time.Duration)     {}
-func (nopMetrics) LeaseWait(time.Duration) {}
+func (nopMetrics) FleetError(string)               {}
+func (nopMetrics) JobGrowth([]heartbeat.JobGrowth) {}
+func (nopMetrics) Sample(uint64, uint64)           {}
+func (nopMetrics) State(string)                    {}
+func (nopMetrics) Restart(string)                  {}
+func (nopMetrics) Drain(time.Duration)             {}
+func (nopMetrics) LeaseWait(time.Duration)         {}

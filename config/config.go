@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/url"
 	"os"
 	"strings"
@@ -199,6 +200,11 @@ func (c *Config) Validate() Errors {
 		parsed, err := url.Parse(c.HerokuAPIURL)
 		if err != nil || (parsed.Scheme != "https" && parsed.Scheme != "http") || parsed.Host == "" {
 			add("HEROKU_API_URL", c.HerokuAPIURL, "not an http(s) URL", "https://api.heroku.com or another base URL")
+		}
+	}
+	if c.MetricsAddr != "" {
+		if _, port, err := net.SplitHostPort(c.MetricsAddr); err != nil || port == "" {
+			add("METRICS_ADDR", c.MetricsAddr, "not a host:port address", "host:port such as 127.0.0.1:9394, or :9394 for every interface")
 		}
 	}
 	if c.Platform == PlatformHeroku {

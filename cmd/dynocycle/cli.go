@@ -22,6 +22,7 @@ import (
 	"github.com/dynocycle/dynocycle/config"
 	"github.com/dynocycle/dynocycle/heartbeat"
 	"github.com/dynocycle/dynocycle/memory"
+	"github.com/dynocycle/dynocycle/metrics"
 	"github.com/dynocycle/dynocycle/platform"
 	"github.com/dynocycle/dynocycle/sidekiq"
 	"github.com/dynocycle/dynocycle/worker"
@@ -240,6 +241,12 @@ func (c *CLI) buildAgent(ctx context.Context, cfg *config.Config, proc *child.Pr
 	settings.LeaseRenew = leaseRenew(cfg)
 
 	a := &agent.Agent{Settings: settings, Meter: meter, Logger: log}
+	var prom *metrics.Metrics
+	if cfg.MetricsAddr != "" {
+		prom = metrics.New(dyno, Version())
+		a.Metrics = prom
+		a.Runners = append(a.Runners, (&metrics.Server{Addr: cfg.MetricsAddr, Metrics: prom}).Run)
+	}
 	cleanup := func() {}
 	fleetKind := "standalone"
 	var client *redis.Client
@@ -287,10 +294,14 @@ func (c *CLI) buildAgent(ctx context.Context, cfg *config.Config, proc *child.Pr
 			return nil, nil, &config.Error{Var: "PLATFORM", Value: plat, Problem: "missing DYNO, HEROKU_APP_NAME or HEROKU_API_TOKEN",
 				Accepted: "set these config vars, or PLATFORM=local"}
 		}
-		a.Restarter = platform.NewHeroku(platform.HerokuOptions{
+		opts := platform.HerokuOptions{
 			Token: string(cfg.Token()), App: cfg.App(), Dyno: cfg.Dyno, BaseURL: cfg.HerokuAPIURL,
 			Version: Version(), Logger: log,
-		})
+		}
+		if prom != nil {
+			opts.OnFailure = prom.APIError
+		}
+		a.Restarter = platform.NewHeroku(opts)
 	}
 	log.Info("agent starting", "event", "agent_start", "dyno", dyno, "version", Version(), "platform", plat,
 		"memory_source", meter.Source, "limit", config.FormatBytes(limit), "critical", cfg.CriticalRSS.String(),
