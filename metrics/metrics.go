@@ -62,10 +62,10 @@ func New(dyno, version string) *Metrics {
 			Help: "Time from quiet to drained (or GRACE_TIME).", Buckets: []float64{1, 2, 5, 10, 20, 30, 60, 120, 300, 600}}),
 		leaseWait: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "dynocycle", Name: "lease_wait_seconds", ConstLabels: constLabels,
 			Help: "Time from wanting a restart to holding the fleet's lease.", Buckets: []float64{0.01, 0.1, 1, 5, 15, 30, 60, 120, 300, 900, 1800}}),
-		apiErrors: prometheus.NewCounterVec(prometheus.CounterOpts(f("api_errors_total", "Failed Platform API calls, by HTTP status (0: no answer).")), []string{"status"}),
-		fleetErrs: prometheus.NewCounterVec(prometheus.CounterOpts(f("redis_errors_total", "Failed fleet operations in Redis, by operation.")), []string{"op"}),
-		jobGrowth: prometheus.NewGaugeVec(prometheus.GaugeOpts(f("job_memory_growth_bytes", "Memory growth attributed to a job class since the agent started.")), []string{"class"}),
-		jobRuns:   prometheus.NewGaugeVec(prometheus.GaugeOpts(f("job_runs", "Runs of a job class seen while attributing memory growth.")), []string{"class"}),
+		apiErrors:  prometheus.NewCounterVec(prometheus.CounterOpts(f("api_errors_total", "Failed Platform API calls, by HTTP status (0: no answer).")), []string{"status"}),
+		fleetErrs:  prometheus.NewCounterVec(prometheus.CounterOpts(f("redis_errors_total", "Failed fleet operations in Redis, by operation.")), []string{"op"}),
+		jobGrowth:  prometheus.NewGaugeVec(prometheus.GaugeOpts(f("job_memory_growth_bytes", "Memory growth attributed to a job class since the agent started.")), []string{"class"}),
+		jobRuns:    prometheus.NewGaugeVec(prometheus.GaugeOpts(f("job_runs", "Runs of a job class seen while attributing memory growth.")), []string{"class"}),
 		lastSample: prometheus.NewGauge(prometheus.GaugeOpts(f("last_sample_timestamp_seconds", "When memory was last sampled."))),
 	}
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts(f("build_info", "dynocycle's version.")), []string{"version"})
