@@ -212,7 +212,9 @@ func (a *Agent) watch(ctx context.Context) error {
 	if jw, ok := a.Worker.(JobWatcher); ok {
 		jobEnded = jw.JobEnded()
 	}
-	a.check(ctx, "start")
+	if err := a.check(ctx, "start"); err != nil {
+		return err
+	}
 	for {
 		now := a.Now()
 		next := a.Settings.CheckSchedule.Next(now)

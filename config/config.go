@@ -181,6 +181,18 @@ func (c *Config) Validate() Errors {
 	if c.StopSignal.Sig == syscall.SIGTSTP {
 		add("STOP_SIGNAL", "TSTP", "TSTP only pauses a process; it never stops one", "a signal that makes the worker exit, such as TERM, INT or QUIT")
 	}
+	if c.Worker == WorkerSidekiq {
+		// Sidekiq traps only INT, TERM, TSTP and TTIN; any other signal kills
+		// it at once and loses the jobs it was running.
+		switch c.QuietSignal.Sig {
+		case 0, syscall.SIGTSTP:
+		default:
+			add("QUIET_SIGNAL", c.QuietSignal.String(), "kills Sidekiq at once instead of quieting it", "TSTP (or leave it unset)")
+		}
+		if s := c.StopSignal.Sig; s != syscall.SIGTERM && s != syscall.SIGINT {
+			add("STOP_SIGNAL", c.StopSignal.String(), "kills Sidekiq at once instead of stopping it gracefully", "TERM or INT")
+		}
+	}
 	if c.MaxRSS.Bytes > 0 && c.CriticalRSS.Bytes > 0 && c.CriticalRSS.Bytes < c.MaxRSS.Bytes {
 		add("CRITICAL_RSS", c.CriticalRSS.String(), "is below MAX_RSS ("+c.MaxRSS.String()+")", "a size at or above MAX_RSS")
 	}

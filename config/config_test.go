@@ -165,6 +165,8 @@ func TestErrorsNameVariableAndForm(t *testing.T) {
 		{map[string]string{"PLATFORM": "heroku", "DYNO": "worker.1"}, []string{"PLATFORM=heroku", "missing HEROKU_API_TOKEN", "HEROKU_APP_NAME"}},
 		{map[string]string{"REDIS_URL": "http://u:hunter2@x"}, []string{"REDIS_URL", "not a Redis URL"}},
 		{map[string]string{"DRY_RUN": "maybe"}, []string{"DRY_RUN=maybe", "not a boolean"}},
+		{map[string]string{"WORKER": "sidekiq", "QUIET_SIGNAL": "USR1"}, []string{"QUIET_SIGNAL=USR1", "kills Sidekiq", "accepted: TSTP"}},
+		{map[string]string{"WORKER": "sidekiq", "STOP_SIGNAL": "QUIT"}, []string{"STOP_SIGNAL=QUIT", "kills Sidekiq", "accepted: TERM or INT"}},
 		{map[string]string{"METRICS_ADDR": "9394"}, []string{"METRICS_ADDR=9394", "not a host:port address"}},
 	} {
 		_, err := load(t, tc.env)

@@ -122,6 +122,17 @@ func WriteTable(w io.Writer, s FleetStatus, now time.Time) error {
 	if len(s.Dynos) == 0 {
 		b.WriteString("(no agent has reported)\n")
 	}
+	// Which jobs grew memory: the point is to learn which job to fix.
+	for _, p := range s.Dynos {
+		if len(p.TopJobs) == 0 {
+			continue
+		}
+		parts := make([]string, len(p.TopJobs))
+		for i, j := range p.TopJobs {
+			parts[i] = fmt.Sprintf("%s +%.1fMB over %d runs", j.Class, float64(max(j.Bytes, 0))/(1<<20), j.Runs)
+		}
+		fmt.Fprintf(&b, "%s grew most in: %s\n", p.Dyno, strings.Join(parts, ", "))
+	}
 	for _, sl := range s.Slots {
 		if sl.Holder == "" {
 			fmt.Fprintf(&b, "lease slot %d: free\n", sl.Slot)

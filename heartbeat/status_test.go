@@ -20,7 +20,8 @@ func sampleStatus() FleetStatus {
 		TakenAt: statusNow,
 		Dynos: []Presence{
 			{Dyno: "worker.1", ProcessType: "worker", State: StateWatching, RSS: 300 * mb, Limit: 512 * mb,
-				StartedAt: statusNow.Add(-3*time.Hour - 4*time.Minute), Restarts: 2, LastReason: "memory", Version: "1.0.0"},
+				StartedAt: statusNow.Add(-3*time.Hour - 4*time.Minute), Restarts: 2, LastReason: "max_rss", Version: "1.0.0",
+				TopJobs: []JobGrowth{{Class: "ExportCsvJob", Bytes: 410 * mb, Runs: 37}, {Class: "MailerJob", Bytes: 3 * mb, Runs: 900}}},
 			{Dyno: "worker.2", ProcessType: "worker", State: StateDraining, RSS: 530 * mb, Limit: 512 * mb,
 				StartedAt: statusNow.Add(-26 * time.Hour), Restarts: 0, Version: "1.0.0"},
 			{Dyno: "worker.10", ProcessType: "worker", State: StateWanting, RSS: 1536 * mb, Limit: 2048 * mb,
@@ -41,10 +42,11 @@ func TestWriteTable(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := `DYNO       STATE     MEMORY / LIMIT        UPTIME  RESTARTS  LAST REASON
-worker.1   watching  300MB / 512MB (58%)   3h04m   2         memory
+worker.1   watching  300MB / 512MB (58%)   3h04m   2         max_rss
 worker.2   draining  530MB / 512MB (103%)  1d02h   0         -
 worker.10  wanting   1.5GB / 2.0GB (75%)   12m05s  1         schedule
 web.1      watching  900KB / -             -       0         -
+worker.1 grew most in: ExportCsvJob +410.0MB over 37 runs, MailerJob +3.0MB over 900 runs
 lease slot 0: held by worker.2 since 2026-03-14T11:58:30Z (token 42, expires in 3m20s)
 lease slot 1: free
 `

@@ -138,3 +138,21 @@ func TestRunExitsWithTheWorkersCode(t *testing.T) {
 		t.Errorf("missing command: code %d, want 127", code)
 	}
 }
+
+func TestWithoutCommandTheExitPlatformEndsTheAgentOnRestart(t *testing.T) {
+	cleanEnv(t)
+	// The whole machine is watched; any machine is over 1MB.
+	t.Setenv("MAX_RSS", "1MB")
+	t.Setenv("SUSTAIN_CHECKS", "1")
+	t.Setenv("MIN_UPTIME", "0")
+	t.Setenv("CHECK_SCHEDULE", "@every 1s")
+	code, _, errOut := runCLI(t, "run")
+	if code != 75 {
+		t.Fatalf("code %d, want 75 (EX_TEMPFAIL, restart me); log:\n%s", code, errOut)
+	}
+	for _, want := range []string{"platform=exit", "memory_source=all", "event=restart "} {
+		if !strings.Contains(errOut, want) {
+			t.Errorf("log lacks %q:\n%s", want, errOut)
+		}
+	}
+}
