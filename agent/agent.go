@@ -23,6 +23,7 @@ import (
 // Child is the supervised worker process.
 type Child interface {
 	StartedAt() time.Time
+	Running() bool
 	Exited() <-chan *child.ExitError
 	Terminate(ctx context.Context, sig syscall.Signal) (*child.ExitError, error)
 	Stop(ctx context.Context) (*child.ExitError, error)
@@ -147,10 +148,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		g.Go(func() error { return run(ctx) })
 	}
 	err := g.Wait()
-	var ee *ExitError
-	if a.Child != nil && !errors.As(err, &ee) {
-		// A helper loop failed: the worker must not outlive the agent.
-		a.Logger.Error("agent failed; stopping the worker", "event", "agent_failed", "err", err)
+	// The worker must not outlive the agent: a helper loop failed, or a
+	// restart in place started a new worker while a signal was stopping the old.
+	if a.Child != nil && a.Child.Running() {
+		a.Logger.Warn("worker still running as the agent ends; stopping it", "event", "worker_orphan", "err", err)
 		a.stopChild(context.Background())
 	}
 	return err

@@ -35,6 +35,9 @@ func (l *Local) Restart(ctx context.Context, _ string) (agent.Next, error) {
 	if _, err := l.Worker.Stop(ctx); err != nil {
 		return agent.Exit, fmt.Errorf("stop worker: %w", err)
 	}
+	if err := ctx.Err(); err != nil {
+		return agent.Exit, err // the agent is stopping: no new worker
+	}
 	if err := l.Worker.Start(); err != nil {
 		return agent.Exit, fmt.Errorf("start worker: %w", err)
 	}
