@@ -32,7 +32,9 @@ func (l *Local) Restart(ctx context.Context, _ string) (agent.Next, error) {
 	if l.Worker == nil {
 		return agent.Exit, errors.New("local restart needs a worker command")
 	}
-	if _, err := l.Worker.Stop(ctx); err != nil {
+	// The stop is never cut short: a signal arriving meanwhile must not turn
+	// a graceful stop into a KILL that loses the jobs in flight.
+	if _, err := l.Worker.Stop(context.WithoutCancel(ctx)); err != nil {
 		return agent.Exit, fmt.Errorf("stop worker: %w", err)
 	}
 	if err := ctx.Err(); err != nil {
@@ -55,7 +57,7 @@ var _ agent.Restarter = (*ExitRestarter)(nil)
 // Restart stops the worker (if any) and tells the agent to exit.
 func (e *ExitRestarter) Restart(ctx context.Context, _ string) (agent.Next, error) {
 	if e.Worker != nil {
-		if _, err := e.Worker.Stop(ctx); err != nil {
+		if _, err := e.Worker.Stop(context.WithoutCancel(ctx)); err != nil {
 			return agent.Exit, fmt.Errorf("stop worker: %w", err)
 		}
 	}
