@@ -8,6 +8,13 @@
 #   dynocycle:test:started  SET of job numbers that began running
 #   dynocycle:test:done     SET of job numbers that completed
 #   dynocycle:test:pid      HASH job number -> pid of the Sidekiq that completed it
+#   dynocycle:test:starts   LIST of "n pid start", one per run that began
+#   dynocycle:test:spans    LIST of "n pid start end", one per run that completed
+#   dynocycle:test:lifecycle LIST of "pid quiet|shutdown time": when each
+#                           Sidekiq began to quiet (TSTP, or TERM without one)
+#                           and to shut down (TERM)
+# Times are Unix seconds (wall clock, microseconds). A run that began but has
+# no span was cut short (Sidekiq handed the job back at shutdown, or was killed).
 require "sidekiq"
 
 # Memory retained by BloatJob for the life of the process, like a leak or a
@@ -15,15 +22,27 @@ require "sidekiq"
 $retained = []
 
 module Record
+  def self.now
+    format("%.6f", ::Process.clock_gettime(::Process::CLOCK_REALTIME))
+  end
+
+  # started records the run and reports whether it is the job's first; the
+  # start time is kept for done.
   def self.started(n)
-    Sidekiq.redis { |r| r.sadd?("dynocycle:test:started", n.to_s) }
+    Thread.current[:dynocycle_start] = start = now
+    Sidekiq.redis do |r|
+      r.rpush("dynocycle:test:starts", "#{n} #{::Process.pid} #{start}")
+      r.sadd?("dynocycle:test:started", n.to_s)
+    end
   end
 
   def self.done(n)
+    span = "#{n} #{::Process.pid} #{Thread.current[:dynocycle_start]} #{now}"
     Sidekiq.redis do |r|
       r.multi do |m|
         m.sadd?("dynocycle:test:done", n.to_s)
         m.hset("dynocycle:test:pid", n.to_s, ::Process.pid.to_s)
+        m.rpush("dynocycle:test:spans", span)
       end
     end
   end
@@ -56,5 +75,15 @@ class SlowJob
     first = Record.started(n)
     sleep(first ? secs.to_f : 0.1)
     Record.done(n)
+  end
+end
+
+# Lifecycle events, so a test can tell which runs were in flight when a
+# Sidekiq process got TERM (Sidekiq fires :shutdown right as it handles it).
+Sidekiq.configure_server do |config|
+  %i[quiet shutdown].each do |event|
+    config.on(event) do
+      Sidekiq.redis { |r| r.rpush("dynocycle:test:lifecycle", "#{::Process.pid} #{event} #{Record.now}") }
+    end
   end
 end
