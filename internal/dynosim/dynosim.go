@@ -494,20 +494,22 @@ func (s *Sim) Agent(name string) int {
 }
 
 // Session returns the live processes (zombies excluded) of session sid.
-func Session(sid int) []int {
+func Session(sid int) []int { return sessions()[sid] }
+
+// sessions maps each session id to its live processes, from one scan of /proc.
+func sessions() map[int][]int {
 	ents, err := os.ReadDir("/proc")
 	if err != nil {
 		return nil
 	}
-	var out []int
+	out := map[int][]int{}
 	for _, e := range ents {
 		pid, err := strconv.Atoi(e.Name())
 		if err != nil {
 			continue
 		}
-		state, _, session, ok := stat(pid)
-		if ok && session == sid && state != "Z" && state != "X" {
-			out = append(out, pid)
+		if state, _, session, ok := stat(pid); ok && state != "Z" && state != "X" {
+			out[session] = append(out[session], pid)
 		}
 	}
 	return out
@@ -533,20 +535,28 @@ func stat(pid int) (state string, pgrp, session int, ok bool) {
 	return f[0], pgrp, session, true
 }
 
-// RSS returns the resident memory of dyno name's worker: every live process
-// of the dyno but the agent, which is what MEMORY_SOURCE=tree measures.
-func (s *Sim) RSS(name string) uint64 {
-	agent := s.Agent(name)
-	if agent == 0 {
-		return 0
-	}
-	var total uint64
-	for _, pid := range Session(agent) {
-		if pid != agent {
-			total += vmRSS(pid)
+// RSS returns the resident memory of each dyno's worker: every live process
+// of the dyno but the agent, which is what MEMORY_SOURCE=tree measures. A
+// dyno without a running agent is left out.
+func (s *Sim) RSS() map[string]uint64 {
+	agents := map[string]int{}
+	for _, name := range s.Dynos() {
+		if pid := s.Agent(name); pid != 0 {
+			agents[name] = pid
 		}
 	}
-	return total
+	all := sessions()
+	out := map[string]uint64{}
+	for name, agent := range agents {
+		var total uint64
+		for _, pid := range all[agent] {
+			if pid != agent {
+				total += vmRSS(pid)
+			}
+		}
+		out[name] = total
+	}
+	return out
 }
 
 func vmRSS(pid int) uint64 {

@@ -1,0 +1,628 @@
+// Package harness runs dynocycle's fleet chaos test: N Heroku-like worker
+// dynos (internal/dynosim), each a real Sidekiq wrapped by the built
+// dynocycle, sharing one redis-server, restarted through a fake Platform API,
+// under a steady stream of bloating jobs, with faults injected on a seeded
+// schedule. It records every restart and checks the fleet's invariants.
+//
+// The command in bench/chaos runs it at full size; e2e/chaos_test.go runs a
+// small version in the test suite.
+package harness
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	mrand "math/rand/v2"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/dynocycle/dynocycle/internal/dynosim"
+	"github.com/dynocycle/dynocycle/internal/fakeheroku"
+)
+
+// Config sets a run up. Zero values take the defaults noted.
+type Config struct {
+	Root  string // repository root: examples/sidekiq and bench/chaos live there
+	Agent string // the built dynocycle binary
+	Dir   string // scratch directory (Redis data, logs)
+
+	Dynos    int           // default 10
+	Duration time.Duration // load and faults; default 10m
+	Seed     uint64        // the fault schedule and the job sizes
+	Slots    int           // MAX_CONCURRENT_RESTARTS; default 1
+
+	MaxRSSMB   int     // MAX_RSS in MB; default 110 (Sidekiq boots at about 35MB)
+	JobMB      int     // memory each BloatJob retains; default 4
+	JobsPerSec float64 // the job stream; default 0.8
+	// Faults is how many faults to inject, spread over the run after a
+	// warm-up; at least one of each kind when >= 4. Default: one a minute, at least 4.
+	Faults int
+	Grace  time.Duration // the dyno manager's SIGTERM to SIGKILL; default 30s, as on Heroku
+
+	Log      io.Writer // progress; nil: none
+	FleetLog io.Writer // every line of every dyno; nil: none
+}
+
+// The agents' settings. SHUTDOWN_WAIT covers Sidekiq's -t 5 plus 5 s.
+const (
+	shutdownWait = 12 * time.Second
+	graceTime    = 15 * time.Second
+	minUptime    = 20 * time.Second
+	sidekiqT     = 5
+)
+
+func (c *Config) defaults() {
+	if c.Dynos <= 0 {
+		c.Dynos = 10
+	}
+	if c.Duration <= 0 {
+		c.Duration = 10 * time.Minute
+	}
+	if c.Slots <= 0 {
+		c.Slots = 1
+	}
+	if c.MaxRSSMB <= 0 {
+		c.MaxRSSMB = 110
+	}
+	if c.JobMB <= 0 {
+		c.JobMB = 4
+	}
+	if c.JobsPerSec <= 0 {
+		c.JobsPerSec = 0.8
+	}
+	if c.Faults <= 0 {
+		c.Faults = max(4, int(c.Duration/time.Minute))
+	}
+	if c.Grace <= 0 {
+		c.Grace = 30 * time.Second
+	}
+}
+
+// Fault kinds.
+const (
+	FaultKillAgent = "kill_agent" // SIGKILL of one agent process (not its worker)
+	FaultRedisDown = "redis_down" // redis-server killed, started again on the same data
+	FaultAPI429    = "api_429"    // the Platform API answers 429 to every call
+	FaultAPI500    = "api_500"    // the Platform API answers 500 to every call
+)
+
+// The API faults answer the next calls, whenever they come, so that each
+// one bites: 500 to a whole restart's budget of calls (platform's
+// DefaultMaxAttempts: that agent exits 1 and is crash-restarted), 429 twice
+// (the agent waits out the rate limit twice, then gets 202).
+const (
+	api500Calls = 5
+	api429Calls = 2
+)
+
+// Fault is one injected fault. An API fault starts when its answers are
+// queued and ends with the last of them; a kill is an instant.
+type Fault struct {
+	Kind       string
+	Dyno       string // kill_agent
+	Start, End time.Time
+}
+
+// Sample is one reading of a dyno worker's resident memory.
+type Sample struct {
+	At  time.Time
+	RSS uint64
+}
+
+// Result is what a run saw.
+type Result struct {
+	Config     Config
+	Start      time.Time
+	LoadEnd    time.Time // the job stream and faults stopped
+	DrainedAt  time.Time // every job completed (zero if not)
+	End        time.Time // the fleet stopped
+	TSTPDyno   string    // the dyno whose Sidekiq ignores TSTP
+	Faults     []Fault
+	Samples    map[string][]Sample
+	Intervals  []dynosim.Interval
+	Procs      []dynosim.Proc
+	Stops      []dynosim.Stop // every stop, the final ones included
+	FinalStops []dynosim.Stop
+	APICalls   []fakeheroku.Call
+	Violations []string // header violations seen by the fake API
+
+	Enqueued, Started, Done int
+	Lost                    []int // enqueued, never completed
+	Reruns                  int   // runs begun more than once (handed back at a shutdown)
+
+	MaxConcurrent int
+	Cycles        []time.Duration // lease taken -> new worker started, per completed restart
+	LeaseHolds    []time.Duration // lease taken -> released by the reborn agent
+	Broken        []string        // invariants that did not hold
+	Notes         []string        // what else was seen
+	Lines         []dynosim.Line
+}
+
+// OK reports whether every invariant held.
+func (r *Result) OK() bool { return len(r.Broken) == 0 }
+
+func (c *Config) logf(format string, args ...any) {
+	if c.Log != nil {
+		fmt.Fprintf(c.Log, "%s chaos: %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
+	}
+}
+
+// Run runs the fleet for cfg.Duration under load and faults, lets it finish
+// its jobs, stops it, and checks the invariants. An error means the run
+// could not be carried out; broken invariants are in Result.Broken.
+func Run(ctx context.Context, cfg Config) (*Result, error) {
+	cfg.defaults()
+	if cfg.Dir == "" {
+		return nil, fmt.Errorf("harness: Config.Dir is required")
+	}
+	sidekiq, err := lookPath("sidekiq")
+	if err != nil {
+		return nil, fmt.Errorf("sidekiq not found (apt-get install ruby-sidekiq): %w", err)
+	}
+	// go-redis logs every failed dial while redis-server is down on purpose.
+	redis.SetLogger(quietLogger{})
+	rs, err := startRedis(cfg.Dir)
+	if err != nil {
+		return nil, err
+	}
+	defer rs.kill()
+	client := redis.NewClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", rs.port),
+		DialTimeout: time.Second, ReadTimeout: 2 * time.Second, WriteTimeout: 2 * time.Second, MaxRetries: -1})
+	defer client.Close()
+
+	token := "HRKU-chaos-" + randHex(12)
+	sim, fake := dynosim.WithFake(dynosim.Config{
+		Agent: cfg.Agent, App: "dynocycle-chaos", Token: token, RedisURL: rs.url(),
+		Grace: cfg.Grace, CrashDelay: time.Second, Log: cfg.FleetLog,
+		Env: []string{
+			"PLATFORM=heroku", "WORKER=sidekiq", "MEMORY_SOURCE=tree",
+			fmt.Sprintf("MAX_RSS=%dMB", cfg.MaxRSSMB), "CHECK_SCHEDULE=@every 2s", "SUSTAIN_CHECKS=2",
+			"MIN_UPTIME=" + minUptime.String(), "GRACE_TIME=" + graceTime.String(),
+			"SHUTDOWN_WAIT=" + shutdownWait.String(), "CONFIRM_AFTER=20s",
+			"MAX_CONCURRENT_RESTARTS=" + strconv.Itoa(cfg.Slots), "MIN_HEALTHY_PEERS=1",
+		},
+	})
+	defer fake.Close()
+	defer sim.Close()
+
+	res := &Result{Config: cfg, Start: time.Now(), Samples: map[string][]Sample{}}
+	res.TSTPDyno = fmt.Sprintf("worker.%d", cfg.Dynos)
+	for i := 1; i <= cfg.Dynos; i++ {
+		name := fmt.Sprintf("worker.%d", i)
+		app := filepath.Join(cfg.Root, "bench/chaos/app.rb")
+		if name == res.TSTPDyno {
+			app = filepath.Join(cfg.Root, "bench/chaos/app_ignore_tstp.rb")
+		}
+		if err := sim.Start(name, []string{sidekiq, "-r", app, "-c", "5", "-t", strconv.Itoa(sidekiqT)}); err != nil {
+			return nil, err
+		}
+	}
+	cfg.logf("%d dynos started; redis %s; waiting for every Sidekiq", cfg.Dynos, rs.url())
+	if err := waitSidekiqs(ctx, client, cfg.Dynos, 90*time.Second); err != nil {
+		return nil, err
+	}
+
+	// Load, sampling and faults run side by side until LoadEnd.
+	rng := mrand.New(mrand.NewPCG(cfg.Seed, 0x5eed))
+	loadCtx, stopLoad := context.WithTimeout(ctx, cfg.Duration)
+	defer stopLoad()
+	var wg sync.WaitGroup
+	var enqueued int
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		enqueued = enqueue(loadCtx, client, cfg, mrand.New(mrand.NewPCG(cfg.Seed, 1)))
+	}()
+	sampleCtx, stopSampling := context.WithCancel(ctx)
+	var samplerWG sync.WaitGroup
+	samplerWG.Add(1)
+	go func() { defer samplerWG.Done(); sample(sampleCtx, sim, res) }()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		res.Faults = inject(loadCtx, cfg, rng, schedule(cfg, rng), sim, fake, rs)
+	}()
+	wg.Wait()
+	res.LoadEnd = time.Now()
+	res.Enqueued = enqueued
+	cfg.logf("load and faults over: %d jobs enqueued; waiting for them to complete", enqueued)
+
+	// Let the fleet finish every job (it keeps restarting as it needs to).
+	drainDeadline := time.Now().Add(4 * time.Minute)
+	for time.Now().Before(drainDeadline) && ctx.Err() == nil {
+		n, err := client.SCard(ctx, "dynocycle:test:done").Result()
+		if err == nil && int(n) >= enqueued {
+			res.DrainedAt = time.Now()
+			break
+		}
+		time.Sleep(time.Second)
+	}
+	// A restart still under way finishes before the fleet is stopped, so
+	// that its interval closes; bounded.
+	settleDeadline := time.Now().Add(90 * time.Second)
+	for time.Now().Before(settleDeadline) && len(sim.Report().Open) > 0 {
+		time.Sleep(500 * time.Millisecond)
+	}
+	res.FinalStops = sim.Close()
+	res.End = time.Now()
+	stopSampling()
+	samplerWG.Wait()
+	cfg.logf("fleet stopped")
+
+	res.Intervals, res.Procs, res.Stops = sim.Intervals(), sim.Procs(), sim.Stops()
+	res.APICalls, res.Violations, res.Lines = fake.Calls(), fake.Violations(), sim.Lines()
+	apiFaultEnds(res)
+	if err := account(ctx, client, res); err != nil {
+		return res, err
+	}
+	check(res, sim.Report(), token)
+	return res, nil
+}
+
+func lookPath(name string) (string, error) {
+	for _, dir := range filepath.SplitList(os.Getenv("PATH")) {
+		p := filepath.Join(dir, name)
+		if st, err := os.Stat(p); err == nil && !st.IsDir() && st.Mode()&0o111 != 0 {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("%s not in PATH", name)
+}
+
+func randHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// waitSidekiqs waits until Redis lists n Sidekiq processes.
+func waitSidekiqs(ctx context.Context, c *redis.Client, n int, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		got, err := c.SCard(ctx, "processes").Result()
+		if err == nil && int(got) >= n {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("only %d of %d Sidekiq processes up after %v (err %v)", got, n, timeout, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// enqueue pushes BloatJobs at cfg.JobsPerSec until ctx ends, the way
+// Sidekiq::Client does (SADD queues, LPUSH queue:default), and returns how
+// many were pushed. Job n holds JobMB for 0.2 to 2 s. A push that fails
+// (Redis down) is retried with the same n until it succeeds or the load ends.
+func enqueue(ctx context.Context, c *redis.Client, cfg Config, rng *mrand.Rand) int {
+	every := time.Duration(float64(time.Second) / cfg.JobsPerSec)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	n := 0
+	for {
+		select {
+		case <-ctx.Done():
+			return n
+		case <-t.C:
+		}
+		secs := 0.2 + rng.Float64()*1.8
+		now := float64(time.Now().UnixMicro()) / 1e6
+		job, _ := json.Marshal(map[string]any{
+			"class": "BloatJob", "args": []any{n + 1, cfg.JobMB, secs}, "retry": false, "queue": "default",
+			"jid": randHex(12), "created_at": now, "enqueued_at": now,
+		})
+		for ctx.Err() == nil {
+			pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 3*time.Second)
+			_, err := c.TxPipelined(pctx, func(p redis.Pipeliner) error {
+				p.SAdd(pctx, "queues", "default")
+				p.LPush(pctx, "queue:default", job)
+				return nil
+			})
+			cancel()
+			if err == nil {
+				n++
+				break
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+}
+
+// sample reads every dyno worker's RSS once a second.
+func sample(ctx context.Context, sim *dynosim.Sim, res *Result) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		now := time.Now()
+		for dyno, rss := range sim.RSS() {
+			res.Samples[dyno] = append(res.Samples[dyno], Sample{At: now, RSS: rss})
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// planned is one fault of the schedule, at an offset from the start of the load.
+type planned struct {
+	kind     string
+	at, span time.Duration
+}
+
+// schedule spreads cfg.Faults faults over the run after a warm-up (the
+// settle time of an empty Redis plus the first bloat), one per slot with a
+// seeded kind, jitter and length; each kind at least once when there are
+// four or more. Faults never overlap, so each one's effect can be read alone.
+func schedule(cfg Config, rng *mrand.Rand) []planned {
+	kinds := []string{FaultKillAgent, FaultRedisDown, FaultAPI429, FaultAPI500}
+	var seq []string
+	for len(seq) < cfg.Faults {
+		perm := slices.Clone(kinds)
+		rng.Shuffle(len(perm), func(i, j int) { perm[i], perm[j] = perm[j], perm[i] })
+		seq = append(seq, perm...)
+	}
+	seq = seq[:cfg.Faults]
+	warm := min(30*time.Second, cfg.Duration/3)
+	slot := (cfg.Duration - warm) / time.Duration(cfg.Faults)
+	var out []planned
+	for i, kind := range seq {
+		var span time.Duration
+		if kind == FaultRedisDown {
+			span = min(8*time.Second, slot/2)
+		}
+		jitter := time.Duration(rng.Int64N(int64(slot/4) + 1))
+		out = append(out, planned{kind: kind, at: warm + time.Duration(i)*slot + jitter, span: span})
+	}
+	return out
+}
+
+// inject carries the schedule out until ctx ends; a fault under way is
+// always healed (Redis up again, the API answering 202).
+func inject(ctx context.Context, cfg Config, rng *mrand.Rand, plan []planned, sim *dynosim.Sim, fake *fakeheroku.Server, rs *redisServer) []Fault {
+	start := time.Now()
+	var out []Fault
+	for _, p := range plan {
+		select {
+		case <-ctx.Done():
+			return out
+		case <-time.After(time.Until(start.Add(p.at))):
+		}
+		f := Fault{Kind: p.kind, Start: time.Now()}
+		switch p.kind {
+		case FaultKillAgent:
+			dynos := sim.Dynos()
+			f.Dyno = dynos[rng.IntN(len(dynos))]
+			if pid := sim.Agent(f.Dyno); pid != 0 {
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+			}
+		case FaultRedisDown:
+			rs.kill()
+		case FaultAPI429:
+			fake.QueueStatus(slices.Repeat([]int{http.StatusTooManyRequests}, api429Calls)...)
+		case FaultAPI500:
+			fake.QueueStatus(slices.Repeat([]int{http.StatusInternalServerError}, api500Calls)...)
+		}
+		cfg.logf("fault %s %s", p.kind, f.Dyno)
+		if p.kind == FaultRedisDown {
+			select {
+			case <-ctx.Done():
+			case <-time.After(p.span):
+			}
+		}
+		if p.kind == FaultRedisDown {
+			if err := rs.start(); err != nil {
+				cfg.logf("redis-server did not come back: %v", err)
+			}
+		}
+		f.End = time.Now()
+		out = append(out, f)
+	}
+	return out
+}
+
+// apiFaultEnds sets the end of each API fault: the time its last queued
+// answer was given (the run's end if some were never asked for).
+func apiFaultEnds(res *Result) {
+	used := map[int]bool{}
+	for i := range res.Faults {
+		f := &res.Faults[i]
+		status, n := http.StatusTooManyRequests, api429Calls
+		switch f.Kind {
+		case FaultAPI500:
+			status, n = http.StatusInternalServerError, api500Calls
+		case FaultAPI429:
+		default:
+			continue
+		}
+		f.End = res.End
+		for j, c := range res.APICalls {
+			if n > 0 && !used[j] && c.Status == status && !c.Time.Before(f.Start) {
+				used[j] = true
+				n--
+				f.End = c.Time
+			}
+		}
+		if n > 0 {
+			f.End = res.End
+		}
+	}
+}
+
+// account reads the jobs' records: which completed, which began more than once.
+func account(ctx context.Context, c *redis.Client, res *Result) error {
+	done, err := c.SMembers(ctx, "dynocycle:test:done").Result()
+	if err != nil {
+		return fmt.Errorf("read completed jobs: %w", err)
+	}
+	started, err := c.SCard(ctx, "dynocycle:test:started").Result()
+	if err != nil {
+		return fmt.Errorf("read started jobs: %w", err)
+	}
+	starts, _ := c.LLen(ctx, "dynocycle:test:starts").Result()
+	res.Started, res.Done = int(started), len(done)
+	if starts > started {
+		res.Reruns = int(starts - started)
+	}
+	seen := map[int]bool{}
+	for _, s := range done {
+		n, _ := strconv.Atoi(s)
+		seen[n] = true
+	}
+	for n := 1; n <= res.Enqueued; n++ {
+		if !seen[n] {
+			res.Lost = append(res.Lost, n)
+		}
+	}
+	return nil
+}
+
+var (
+	quietReceived = regexp.MustCompile(`Received TSTP`)
+	termTimeout   = regexp.MustCompile(`event=termination_timeout`)
+	leaseReleased = regexp.MustCompile(`event=lease_released`)
+)
+
+// check evaluates the invariants and fills Broken and Notes.
+func check(res *Result, report dynosim.Report, token string) {
+	cfg := res.Config
+	broke := func(format string, args ...any) { res.Broken = append(res.Broken, fmt.Sprintf(format, args...)) }
+	note := func(format string, args ...any) { res.Notes = append(res.Notes, fmt.Sprintf(format, args...)) }
+
+	// 1. Never more than Slots dynos restarting at once.
+	res.MaxConcurrent = report.MaxConcurrent
+	if report.MaxConcurrent > cfg.Slots {
+		broke("%d dynos restarting at once at %s (MAX_CONCURRENT_RESTARTS=%d)", report.MaxConcurrent, report.MaxAt.Format(time.TimeOnly), cfg.Slots)
+	}
+	// 2. No job lost.
+	if len(res.Lost) > 0 {
+		broke("%d of %d jobs never completed: %v", len(res.Lost), res.Enqueued, head(res.Lost, 20))
+	}
+	if res.Enqueued == 0 {
+		broke("no job was enqueued")
+	}
+	// 3. Every bloated dyno cycled: a dyno over MAX_RSS at some sample taken
+	// a minute or more before the load ended started a new worker after it.
+	limit := uint64(cfg.MaxRSSMB) << 20
+	for dyno, samples := range res.Samples {
+		var lastOver time.Time
+		for _, s := range samples {
+			if s.RSS > limit && s.At.Before(res.LoadEnd.Add(-time.Minute)) {
+				lastOver = s.At
+			}
+		}
+		if lastOver.IsZero() {
+			continue
+		}
+		cycled := false
+		for _, l := range res.Lines {
+			cycled = cycled || (l.Dyno == dyno && strings.Contains(l.Text, "event=worker_start") && l.Time.After(lastOver))
+		}
+		if !cycled {
+			broke("%s was over MAX_RSS at %s and never started a new worker after", dyno, lastOver.Format(time.TimeOnly))
+		}
+	}
+	for _, dyno := range slices.Sorted(func(yield func(string) bool) {
+		for d := range report.Restarts {
+			if !yield(d) {
+				return
+			}
+		}
+	}) {
+		if report.Restarts[dyno] == 0 {
+			note("%s was never restarted by dynocycle (crash restarts: %d)", dyno, report.Crashes[dyno])
+		}
+	}
+	// 4. No agent left hung: each stop of the run and at the end was over
+	// without SIGKILL, the final ones within SHUTDOWN_WAIT and a margin.
+	for _, st := range res.Stops {
+		if st.Killed {
+			broke("%s[%d] (%s) still had processes %v after SIGTERM: SIGKILL (Heroku's R12)", st.Dyno, st.Gen, st.Why, st.Took().Round(time.Millisecond))
+		}
+	}
+	for _, st := range res.FinalStops {
+		if st.Took() > shutdownWait+5*time.Second {
+			broke("%s took %v to stop after SIGTERM", st.Dyno, st.Took().Round(time.Millisecond))
+		}
+	}
+	for _, l := range res.Lines {
+		if termTimeout.MatchString(l.Text) {
+			broke("%s[%d] waited in vain for the platform's SIGTERM: %s", l.Dyno, l.Gen, l.Text)
+		}
+		if strings.Contains(l.Text, token) {
+			broke("the API token leaked into %s's log", l.Dyno)
+		}
+	}
+	if len(res.Violations) > 0 {
+		broke("the fake Platform API saw invalid requests: %v", res.Violations)
+	}
+	// 5. The worker that ignores TSTP really ignored it, and its restarts
+	// drained only by GRACE_TIME.
+	for _, l := range res.Lines {
+		if l.Dyno == res.TSTPDyno && quietReceived.MatchString(l.Text) {
+			broke("%s was meant to ignore TSTP but logged %q", l.Dyno, l.Text)
+			break
+		}
+	}
+	for _, iv := range res.Intervals {
+		if iv.Dyno == res.TSTPDyno && iv.Kind == dynosim.KindRestart && iv.Drained {
+			broke("%s ignores TSTP yet reported drained at a restart starting %s", iv.Dyno, iv.Start.Format(time.TimeOnly))
+		}
+	}
+
+	// Figures: cycle times and lease holds of completed restarts.
+	for _, iv := range res.Intervals {
+		if iv.Kind != dynosim.KindRestart || !iv.Closed() || iv.Aborted {
+			continue
+		}
+		res.Cycles = append(res.Cycles, iv.End.Sub(iv.Start))
+		for _, l := range res.Lines {
+			if l.Dyno == iv.Dyno && l.Time.After(iv.End) && leaseReleased.MatchString(l.Text) {
+				res.LeaseHolds = append(res.LeaseHolds, l.Time.Sub(iv.Start))
+				break
+			}
+		}
+	}
+	if res.DrainedAt.IsZero() {
+		note("the fleet did not complete every job within 4 minutes of the load's end")
+	}
+	for _, iv := range report.Open {
+		note("%s interval of %s still open at the end (from %s)", iv.Kind, iv.Dyno, iv.Start.Format(time.TimeOnly))
+	}
+}
+
+func head(xs []int, n int) []int {
+	if len(xs) > n {
+		return xs[:n]
+	}
+	return xs
+}
+
+// Percentile returns the p-th percentile (0..100) of ds, nearest rank.
+func Percentile(ds []time.Duration, p float64) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	i := int(float64(len(s))*p/100+0.999999) - 1
+	return s[min(max(i, 0), len(s)-1)]
+}
+
+type quietLogger struct{}
+
+func (quietLogger) Printf(context.Context, string, ...any) {}
