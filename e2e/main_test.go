@@ -78,6 +78,9 @@ func startAgent(t *testing.T, env []string, args ...string) (*exec.Cmd, *output)
 	out := &output{}
 	pr, pw := io.Pipe()
 	cmd.Stdout, cmd.Stderr = pw, pw
+	// A worker that outlives a failed test keeps the output pipe open; do
+	// not wait for it forever.
+	cmd.WaitDelay = 10 * time.Second
 	go out.consume(pr)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
