@@ -342,6 +342,9 @@ func (s *Sim) Close() []Stop {
 	s.mu.Lock()
 	for _, name := range s.order {
 		d := s.dynos[name]
+		if d.cmd == nil {
+			continue // never started
+		}
 		select {
 		case <-d.exited:
 			continue

@@ -253,7 +253,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	// A restart still under way finishes before the fleet is stopped, so
 	// that its interval closes; bounded.
 	settleDeadline := time.Now().Add(90 * time.Second)
-	for time.Now().Before(settleDeadline) && len(sim.Report().Open) > 0 {
+	for time.Now().Before(settleDeadline) && len(sim.Report().Open) > 0 && ctx.Err() == nil {
 		time.Sleep(500 * time.Millisecond)
 	}
 	res.FinalStops = sim.Close()

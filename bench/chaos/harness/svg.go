@@ -38,8 +38,8 @@ func WriteSVG(w io.Writer, res *Result) error {
 		left, top, plotW, plotH = 70.0, 50.0, 900.0, 380.0
 		laneH                   = 14.0
 	)
-	lanesTop := top + plotH + 45
-	width := left + plotW + 130
+	lanesTop := top + plotH + 62
+	width := left + plotW + 190
 	height := lanesTop + laneH*float64(len(dynos)) + 40
 
 	span := res.End.Sub(res.Start).Seconds()
@@ -97,6 +97,11 @@ func WriteSVG(w io.Writer, res *Result) error {
 	}
 	p(`<text x="%.0f" y="%.0f" text-anchor="middle" fill="#555">time since start (load ends at %s)</text>`, left+plotW/2, top+plotH+32, fmtClock(res.LoadEnd.Sub(res.Start).Seconds()))
 	p(`<rect x="%.0f" y="%.0f" width="%.0f" height="%.0f" fill="none" stroke="#999"/>`, left, top, plotW, plotH)
+	if !res.LoadEnd.IsZero() {
+		xx := x(res.LoadEnd)
+		p(`<line x1="%.1f" y1="%.0f" x2="%.1f" y2="%.0f" stroke="#555" stroke-width="1.2"/>`, xx, top, xx, top+plotH)
+		p(`<text x="%.1f" y="%.0f" font-size="9" fill="#555">load ends</text>`, xx+3, top+22)
+	}
 	// The limit.
 	p(`<line x1="%.0f" y1="%.1f" x2="%.0f" y2="%.1f" stroke="#d62728" stroke-width="1.5" stroke-dasharray="8,4"/>`, left, y(limitMB), left+plotW, y(limitMB))
 	p(`<text x="%.0f" y="%.1f" fill="#d62728">MAX_RSS %d MB</text>`, left+plotW+4, y(limitMB)+4, res.Config.MaxRSSMB)
