@@ -348,6 +348,9 @@ func sample(ctx context.Context, sim *dynosim.Sim, res *Result) {
 	for {
 		now := time.Now()
 		for dyno, rss := range sim.RSS() {
+			if rss == 0 {
+				continue // the agent is up but its worker is not (yet)
+			}
 			res.Samples[dyno] = append(res.Samples[dyno], Sample{At: now, RSS: rss})
 		}
 		select {

@@ -66,7 +66,13 @@ func (r *Result) Summary() string {
 		Percentile(r.Cycles, 100).Round(100*time.Millisecond), len(r.Cycles), drained, timedOut)
 	p("Lease held (taken -> released by the reborn agent): p50 %v, max %v.",
 		Percentile(r.LeaseHolds, 50).Round(100*time.Millisecond), Percentile(r.LeaseHolds, 100).Round(100*time.Millisecond))
-	p("Crash restarts (agent killed, or exit 1 after the API budget): %d.", nCrashes)
+	gaveUp := 0
+	for _, pr := range r.Procs {
+		if !pr.Expected && pr.Code != 0 && pr.Signal == 0 {
+			gaveUp++
+		}
+	}
+	p("Crash restarts after an agent was killed outside a restart: %d. Agents that exited non-zero (the API budget spent, or the worker crashed) and were crash-restarted: %d.", nCrashes, gaveUp)
 	p("")
 	p("Per dyno (restarts by dynocycle / crash restarts): %s", perDyno(cfg.Dynos, restarts, crashes))
 	p("")

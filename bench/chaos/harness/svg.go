@@ -100,7 +100,7 @@ func WriteSVG(w io.Writer, res *Result) error {
 	if !res.LoadEnd.IsZero() {
 		xx := x(res.LoadEnd)
 		p(`<line x1="%.1f" y1="%.0f" x2="%.1f" y2="%.0f" stroke="#555" stroke-width="1.2"/>`, xx, top, xx, top+plotH)
-		p(`<text x="%.1f" y="%.0f" font-size="9" fill="#555">load ends</text>`, xx+3, top+22)
+		p(`<text x="%.1f" y="%.0f" font-size="9" fill="#555" text-anchor="end">load ends</text>`, xx-3, top+22)
 	}
 	// The limit.
 	p(`<line x1="%.0f" y1="%.1f" x2="%.0f" y2="%.1f" stroke="#d62728" stroke-width="1.5" stroke-dasharray="8,4"/>`, left, y(limitMB), left+plotW, y(limitMB))
