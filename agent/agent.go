@@ -98,6 +98,8 @@ type Agent struct {
 	lastReason string
 	pending    *heartbeat.Lease // held from before the last restart, released once healthy
 	holdLogged string
+	heldKnown  bool // the lease lookup of the start has succeeded
+	heldFailed bool
 	waitLogged string
 	lastSample time.Time
 	leaseWait  time.Time
@@ -202,13 +204,6 @@ func (a *Agent) handleSignals(ctx context.Context, stopWatching context.CancelFu
 }
 
 func (a *Agent) watch(ctx context.Context) error {
-	if lease, ok, err := a.Fleet.Held(ctx); err != nil {
-		a.Logger.Warn("cannot look up a lease from before the restart", "event", "lease_lookup_failed", "err", err)
-	} else if ok {
-		a.pending = &lease
-		a.Logger.Info("holding the restart lease from before the restart; releasing it once the worker is healthy",
-			"event", "lease_pending", "slot", lease.Slot, "token", lease.Token)
-	}
 	var jobEnded <-chan struct{}
 	if jw, ok := a.Worker.(JobWatcher); ok {
 		jobEnded = jw.JobEnded()
@@ -264,6 +259,7 @@ func (a *Agent) check(ctx context.Context, trigger string) error {
 	} else {
 		a.Logger.Debug("memory", "event", "check", "trigger", trigger, "rss", fmtMB(rss), "over_checks", a.overChecks)
 	}
+	a.lookUpHeld(ctx)
 	a.confirm(ctx, uptime)
 	a.publish(ctx, rss, startedAt)
 
@@ -445,6 +441,31 @@ func (a *Agent) stopChild(ctx context.Context) {
 	}
 	if _, err := a.Child.Stop(context.WithoutCancel(ctx)); err != nil {
 		a.Logger.Warn("stop worker", "event", "worker_stop_failed", "err", err)
+	}
+}
+
+// lookUpHeld finds a lease this dyno holds from its previous life. It is
+// retried at every check until one lookup succeeds: a reborn dyno that
+// started while Redis was away must still release its slot, or every other
+// dyno's restart would wait for the lease to expire.
+func (a *Agent) lookUpHeld(ctx context.Context) {
+	if a.heldKnown {
+		return
+	}
+	lease, ok, err := a.Fleet.Held(ctx)
+	if err != nil {
+		if !a.heldFailed {
+			a.Logger.Warn("cannot look up a lease from before the restart; will retry", "event", "lease_lookup_failed", "err", err)
+		}
+		a.heldFailed = true
+		a.Metrics.FleetError("held")
+		return
+	}
+	a.heldKnown = true
+	if ok {
+		a.pending = &lease
+		a.Logger.Info("holding the restart lease from before the restart; releasing it once the worker is healthy",
+			"event", "lease_pending", "slot", lease.Slot, "token", lease.Token)
 	}
 }
 

@@ -99,6 +99,15 @@ type fakeFleet struct {
 	rec        *recorder
 	acquireErr error
 	renewErr   error
+	heldFails  int // Held fails this many times first
+}
+
+func (f *fakeFleet) Held(ctx context.Context) (heartbeat.Lease, bool, error) {
+	if f.heldFails > 0 {
+		f.heldFails--
+		return heartbeat.Lease{}, false, errors.New("redis: connection refused")
+	}
+	return f.Local.Held(ctx)
 }
 
 func (f *fakeFleet) Acquire(ctx context.Context) (heartbeat.Lease, error) {
@@ -466,5 +475,20 @@ func TestAWorkerStillRunningWhenTheAgentEndsIsStopped(t *testing.T) {
 	h.stop(t)
 	if h.rec.count("stop") != 1 {
 		t.Errorf("worker left running: %v", h.rec.list())
+	}
+}
+
+func TestALeaseFromBeforeTheRestartIsReleasedEvenIfRedisWasDownAtStart(t *testing.T) {
+	h := newHarness(t, 100*mb)
+	h.agent.Settings.ConfirmAfter = 0
+	if _, err := h.fleet.Local.Acquire(context.Background()); err != nil { // taken by this dyno's previous life
+		t.Fatal(err)
+	}
+	h.fleet.heldFails = 3
+	h.start()
+	eventually(t, "the old lease released", func() bool { return h.rec.count("release") == 1 })
+	h.stop(t)
+	if _, held, _ := h.fleet.Local.Held(context.Background()); held {
+		t.Error("lease still held")
 	}
 }
