@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The agent's own memory while it watches a worker at 1 s checks.
-# Usage: bench/footprint.sh [SECONDS]   (default 60; needs bin/ from `make build`)
+# Usage: bench/footprint.sh [SECONDS]   (default 60; builds bin/ if needed)
+# With REDIS_URL set, the agent also runs its Redis fleet heartbeat.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-60}
@@ -15,8 +16,10 @@ trap 'kill -TERM $agent 2>/dev/null; wait $agent 2>/dev/null || true' EXIT
 sleep "$secs"
 rss=$(awk '/^VmRSS/ {print $2}' /proc/$agent/status)
 hwm=$(awk '/^VmHWM/ {print $2}' /proc/$agent/status)
+anon=$(awk '/^RssAnon/ {print $2}' /proc/$agent/status)
+file=$(awk '/^RssFile/ {print $2}' /proc/$agent/status)
 threads=$(awk '/^Threads/ {print $2}' /proc/$agent/status)
 cpu=$(awk '{print $14 + $15}' /proc/$agent/stat)
 hz=$(getconf CLK_TCK)
-awk -v s="$secs" -v r="$rss" -v h="$hwm" -v t="$threads" -v c="$cpu" -v hz="$hz" 'BEGIN {
-  printf "agent after %ss of 1s checks: VmRSS %.1f MB, peak (VmHWM) %.1f MB, %s threads, CPU %.2fs (%.2f%% of one core)\n", s, r/1024, h/1024, t, c/hz, 100*c/hz/s }'
+awk -v s="$secs" -v r="$rss" -v h="$hwm" -v a="$anon" -v f="$file" -v t="$threads" -v c="$cpu" -v hz="$hz" 'BEGIN {
+  printf "agent after %ss of 1s checks: VmRSS %.1f MB (anonymous %.1f MB, file-backed %.1f MB: the binary'"'"'s own pages), peak (VmHWM) %.1f MB, %s threads, CPU %.2fs (%.2f%% of one core)\n", s, r/1024, a/1024, f/1024, h/1024, t, c/hz, 100*c/hz/s }'
