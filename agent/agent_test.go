@@ -85,11 +85,20 @@ func (m *fakeMeter) set(rss uint64) {
 type fakeWorker struct {
 	rec      *recorder
 	drainErr error
+	// drained, when set, is polled until true before Drain returns.
+	drained func() bool
 }
 
 func (w *fakeWorker) Quiet(context.Context) error { w.rec.add("quiet"); return nil }
 func (w *fakeWorker) Drain(ctx context.Context) error {
 	w.rec.add("drain")
+	for w.drained != nil && !w.drained() {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Millisecond):
+		}
+	}
 	return w.drainErr
 }
 
@@ -100,6 +109,11 @@ type fakeFleet struct {
 	acquireErr error
 	renewErr   error
 	heldFails  int // Held fails this many times first
+	renewOKFor int // renewals after this many fail (Redis went away mid-drain)
+
+	mu            sync.Mutex
+	renewals      int
+	renewFailures int
 }
 
 func (f *fakeFleet) Held(ctx context.Context) (heartbeat.Lease, bool, error) {
@@ -123,10 +137,20 @@ func (f *fakeFleet) Acquire(ctx context.Context) (heartbeat.Lease, error) {
 }
 
 func (f *fakeFleet) Renew(ctx context.Context, l heartbeat.Lease) error {
-	if f.renewErr != nil {
-		return f.renewErr
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.renewals++
+	if f.renewErr != nil || (f.renewOKFor > 0 && f.renewals > f.renewOKFor) {
+		f.renewFailures++
+		return errors.Join(f.renewErr, errors.New("redis: connection refused"))
 	}
 	return f.Local.Renew(ctx, l)
+}
+
+func (f *fakeFleet) failedRenewals() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.renewFailures
 }
 
 func (f *fakeFleet) Release(ctx context.Context, l heartbeat.Lease) error {
@@ -490,5 +514,18 @@ func TestALeaseFromBeforeTheRestartIsReleasedEvenIfRedisWasDownAtStart(t *testin
 	h.stop(t)
 	if _, held, _ := h.fleet.Local.Held(context.Background()); held {
 		t.Error("lease still held")
+	}
+}
+
+func TestARestartUnderWayFinishesWhenRedisGoesAwayMidDrain(t *testing.T) {
+	h := newHarness(t, 600*mb)
+	h.fleet.renewOKFor = 1 // the check before quieting succeeds, every renewal after fails
+	h.agent.Worker.(*fakeWorker).drained = func() bool { return h.fleet.failedRenewals() >= 3 }
+	h.restarter.onRestart = func() { h.meter.set(100 * mb); h.child.restarted() }
+	h.start()
+	eventually(t, "the restart", func() bool { return h.rec.count("restart:max_rss") == 1 })
+	h.stop(t)
+	if got := h.rec.list()[:4]; !slices.Equal(got, []string{"acquire", "quiet", "drain", "restart:max_rss"}) {
+		t.Errorf("events = %v: a quiet worker must be restarted even when the lease cannot be renewed", got)
 	}
 }
