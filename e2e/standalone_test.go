@@ -1,8 +1,12 @@
 package e2e
 
 import (
+	"io"
+	"net"
+	"net/http"
 	"regexp"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -55,4 +59,40 @@ func TestStandaloneRestartsInPlaceAndStopsCleanly(t *testing.T) {
 		}
 		return true
 	})
+}
+
+// METRICS_ADDR serves what the agent did: a scrape after a restart in place
+// shows it.
+func TestMetricsAfterARestart(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	env := []string{
+		"MAX_RSS=40MB", "CHECK_SCHEDULE=@every 1s", "SUSTAIN_CHECKS=1", "MIN_UPTIME=1s",
+		"GRACE_TIME=1s", "SHUTDOWN_WAIT=5s", "BLOAT_MB=8", "JOB_MS=200", "METRICS_ADDR=" + addr,
+	}
+	_, out := startAgent(t, env, "bloater")
+	eventually(t, 60*time.Second, "a restart", func() bool {
+		return len(out.matches(regexp.MustCompile(`event=restarted`))) >= 1
+	})
+	restarted := regexp.MustCompile(`(?m)^dynocycle_restarts_total\{dyno="[^"]+",reason="max_rss"\} [1-9]`)
+	var body string
+	eventually(t, 30*time.Second, "the restart in the scrape", func() bool {
+		resp, err := http.Get("http://" + addr + "/metrics")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		body = string(b)
+		return restarted.MatchString(body)
+	})
+	for _, want := range []string{"dynocycle_memory_bytes{", "dynocycle_memory_limit_bytes{dyno=", "dynocycle_drain_seconds_count{", `dynocycle_state{dyno=`} {
+		if !strings.Contains(body, want) {
+			t.Errorf("scrape lacks %q", want)
+		}
+	}
 }
