@@ -1,0 +1,265 @@
+package heartbeat
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// pgLink is the one PostgreSQL connection of an agent. Statements and the
+// LISTEN for freed slots share it: Heroku Postgres plans count connections,
+// and each dyno already has its app's pool, so the agent adds exactly one.
+//
+// pgx serves one caller at a time on a connection and its wait for a
+// notification blocks the connection, so the two take turns. While nothing
+// else needs the connection the listener waits for a notification; a
+// statement that wants it cancels that wait (pgx ends the wait with a
+// timeout that leaves the connection usable), runs, and hands the connection
+// back. Notifications that arrive while a statement runs are kept by pgx and
+// returned by the next wait.
+//
+// The connection is dialed on first use and again after it breaks; the
+// schema is checked on every new connection (onConnect), and LISTEN issued
+// again when the listener runs.
+type pgLink struct {
+	cfg       *pgx.ConnConfig
+	channel   string
+	log       *slog.Logger
+	onConnect func(ctx context.Context, c *pgx.Conn) error
+	// onListen runs after LISTEN on a new connection: a release may have
+	// been missed while there was none.
+	onListen func()
+	onNotify func(n *pgconn.Notification)
+
+	mu        sync.Mutex // owns conn
+	conn      *pgx.Conn
+	listen    bool // LISTEN on every connection (the listener runs)
+	listening bool // LISTEN issued on conn
+	closed    bool
+	down      bool // the last dial or the connection failed (logged once)
+
+	turn struct {
+		sync.Mutex
+		want   int           // statements waiting for or holding the connection
+		idle   chan struct{} // closed when want drops to 0
+		cancel context.CancelFunc
+	}
+}
+
+// errLinkClosed is returned after Close.
+var errLinkClosed = errors.New("postgres fleet closed")
+
+// Time limits of an agent's calls: it must notice an unreachable database
+// within seconds and keep its worker running.
+const (
+	pgDialTimeout = 2 * time.Second
+	pgCallTimeout = 6 * time.Second
+	// pgPingEvery is how long the listener waits on a quiet channel before it
+	// pings, to find a half-open connection.
+	pgPingEvery = 30 * time.Second
+)
+
+// do runs fn on the connection, dialing it first if needed. A connection
+// that fn leaves broken is dropped so the next call dials afresh.
+func (l *pgLink) do(ctx context.Context, fn func(ctx context.Context, c *pgx.Conn) error) error {
+	l.claim()
+	defer l.release()
+	ctx, cancel := context.WithTimeout(ctx, pgCallTimeout)
+	defer cancel()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	c, err := l.connLocked(ctx)
+	if err != nil {
+		return err
+	}
+	err = fn(ctx, c)
+	if c.IsClosed() {
+		l.dropLocked(err)
+	}
+	return err
+}
+
+// claim asks the listener for the connection and stops its wait.
+func (l *pgLink) claim() {
+	l.turn.Lock()
+	defer l.turn.Unlock()
+	if l.turn.want == 0 {
+		l.turn.idle = make(chan struct{})
+	}
+	l.turn.want++
+	if l.turn.cancel != nil {
+		l.turn.cancel()
+	}
+}
+
+func (l *pgLink) release() {
+	l.turn.Lock()
+	defer l.turn.Unlock()
+	l.turn.want--
+	if l.turn.want == 0 {
+		close(l.turn.idle)
+	}
+}
+
+// connLocked returns the connection, dialing it when there is none. l.mu
+// is held.
+func (l *pgLink) connLocked(ctx context.Context) (*pgx.Conn, error) {
+	if l.closed {
+		return nil, errLinkClosed
+	}
+	if l.conn != nil && l.conn.IsClosed() {
+		l.dropLocked(errors.New("connection closed"))
+	}
+	if l.conn == nil {
+		dctx, cancel := context.WithTimeout(ctx, pgDialTimeout+time.Second)
+		c, err := pgx.ConnectConfig(dctx, l.cfg)
+		cancel()
+		if err != nil {
+			return nil, l.failLocked(fmt.Errorf("connect: %w", err))
+		}
+		if l.onConnect != nil {
+			if err := l.onConnect(ctx, c); err != nil {
+				_ = c.Close(context.Background())
+				return nil, l.failLocked(err)
+			}
+		}
+		l.conn, l.listening = c, false
+		if l.down {
+			l.log.Info("postgres connection back", "event", "pg_connect_ok")
+			l.down = false
+		}
+	}
+	if l.listen && !l.listening {
+		if _, err := l.conn.Exec(ctx, "LISTEN "+pgx.Identifier{l.channel}.Sanitize()); err != nil {
+			if l.conn.IsClosed() {
+				l.dropLocked(err)
+			}
+			return nil, l.failLocked(fmt.Errorf("listen: %w", err))
+		}
+		l.listening = true
+		if l.onListen != nil {
+			l.onListen()
+		}
+	}
+	return l.conn, nil
+}
+
+func (l *pgLink) failLocked(err error) error {
+	if !l.down {
+		l.log.Warn("postgres unreachable, will retry", "event", "pg_unreachable", "err", err.Error())
+		l.down = true
+	}
+	return err
+}
+
+func (l *pgLink) dropLocked(why error) {
+	if l.conn == nil {
+		return
+	}
+	_ = l.conn.Close(context.Background())
+	l.conn, l.listening = nil, false
+	if !l.down && why != nil {
+		l.log.Warn("postgres connection lost, will reconnect", "event", "pg_conn_lost", "err", why.Error())
+		l.down = true
+	}
+}
+
+// listenLoop keeps a LISTEN on the connection and passes notifications on
+// until ctx ends, taking turns with statements (see pgLink).
+func (l *pgLink) listenLoop(ctx context.Context) {
+	const minWait, maxWait = 50 * time.Millisecond, 2 * time.Second
+	backoff := minWait
+	for ctx.Err() == nil {
+		l.mu.Lock()
+		l.listen = true
+		l.turn.Lock()
+		if l.turn.want > 0 {
+			idle := l.turn.idle
+			l.turn.Unlock()
+			l.mu.Unlock()
+			select {
+			case <-idle:
+			case <-ctx.Done():
+			}
+			continue
+		}
+		wctx, cancel := context.WithTimeout(ctx, pgPingEvery)
+		l.turn.cancel = cancel
+		l.turn.Unlock()
+
+		err := l.waitLocked(wctx)
+		timedOut := errors.Is(wctx.Err(), context.DeadlineExceeded)
+
+		l.turn.Lock()
+		l.turn.cancel = nil
+		l.turn.Unlock()
+		cancel()
+
+		if err == nil && timedOut && l.conn != nil {
+			// A quiet channel: make sure the connection is still there.
+			pctx, pcancel := context.WithTimeout(ctx, pgCallTimeout)
+			if perr := l.conn.Ping(pctx); perr != nil && l.conn.IsClosed() {
+				l.dropLocked(perr)
+			}
+			pcancel()
+		}
+		l.mu.Unlock()
+
+		if err != nil && ctx.Err() == nil {
+			select {
+			case <-ctx.Done():
+			case <-time.After(backoff):
+			}
+			backoff = min(backoff*2, maxWait)
+			continue
+		}
+		backoff = minWait
+	}
+}
+
+// waitLocked waits on the connection for notifications until ctx ends. It
+// returns an error only when the connection cannot be had or broke; the end
+// of ctx (a statement's turn, or the ping interval) is not one.
+func (l *pgLink) waitLocked(ctx context.Context) error {
+	c, err := l.connLocked(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	for {
+		n, err := c.WaitForNotification(ctx)
+		if n != nil && l.onNotify != nil {
+			l.onNotify(n)
+		}
+		if err != nil {
+			if c.IsClosed() {
+				l.dropLocked(err)
+				return err
+			}
+			return nil
+		}
+	}
+}
+
+// close ends the connection; the listener must have stopped.
+func (l *pgLink) close() {
+	l.claim()
+	defer l.release()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.closed = true
+	if l.conn != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_ = l.conn.Close(ctx)
+		l.conn = nil
+	}
+}
