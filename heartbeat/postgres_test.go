@@ -601,3 +601,60 @@ func restartOnceWith(ctx context.Context, f fleet, dyno string) (interval, error
 		return iv, nil
 	}
 }
+
+func TestPGSnapshot(t *testing.T) {
+	srv := testpg.Start(t)
+	ctx := context.Background()
+	clock := newFakeClock()
+	opts := func(dyno string) PostgresOptions {
+		return PostgresOptions{Dyno: dyno, Slots: 2, Settle: time.Minute, LeaseTTL: 5 * time.Minute, Now: clock.Now}
+	}
+	w10, w2 := newPG(t, srv, opts("worker.10")), newPG(t, srv, opts("worker.2"))
+	if err := w10.Publish(ctx, Presence{State: StateWatching, RSS: 100 << 20, Limit: 512 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	s, err := w2.Snapshot(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !s.SettlesAt.Equal(clock.Now().Add(time.Minute)) {
+		t.Fatalf("settles at %s, want a minute from the app's first sight", s.SettlesAt)
+	}
+	clock.Add(61 * time.Second)
+	if err := w10.Publish(ctx, Presence{State: StateWatching, RSS: 100 << 20, Limit: 512 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	if err := w2.Publish(ctx, Presence{State: StateWanting}); err != nil {
+		t.Fatal(err)
+	}
+	l, err := w2.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err = w10.Snapshot(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(s.Dynos) != 2 || s.Dynos[0].Dyno != "worker.2" || s.Dynos[1].Dyno != "worker.10" || s.Dynos[1].RSS != 100<<20 {
+		t.Fatalf("dynos %+v", s.Dynos)
+	}
+	if len(s.Slots) != 2 || s.Slots[0].Holder != "worker.2" || s.Slots[0].Token != l.Token ||
+		!s.Slots[0].ExpiresAt.Equal(clock.Now().Add(5*time.Minute)) || s.Slots[1].Holder != "" {
+		t.Fatalf("slots %+v", s.Slots)
+	}
+	if !s.SettlesAt.IsZero() || s.App != "testapp" || !s.TakenAt.Equal(clock.Now()) {
+		t.Fatalf("snapshot %+v", s)
+	}
+	var out strings.Builder
+	if err := WriteTable(&out, s, clock.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "lease slot 0: held by worker.2") || !strings.Contains(out.String(), "lease slot 1: free") {
+		t.Fatalf("table:\n%s", out.String())
+	}
+	// A presence that expired is not shown.
+	clock.Add(16 * time.Second)
+	if s, err = w10.Snapshot(ctx); err != nil || len(s.Dynos) != 0 {
+		t.Fatalf("dynos after expiry %+v, %v", s.Dynos, err)
+	}
+}
