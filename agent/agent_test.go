@@ -320,9 +320,8 @@ func TestLeaseIsReleasedOnceTheNewWorkerIsHealthy(t *testing.T) {
 
 func TestNoSlotMeansNoQuiet(t *testing.T) {
 	h := newHarness(t, 600*mb)
-	h.fleet.Local.Dyno = "worker.2" // another dyno's restart holds the only slot
-	other, err := h.fleet.Local.Acquire(context.Background())
-	h.fleet.Local.Dyno = "worker.1"
+	w2 := h.fleet.Local.Join("worker.2") // another dyno's restart holds the only slot
+	other, err := w2.Acquire(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -335,7 +334,7 @@ func TestNoSlotMeansNoQuiet(t *testing.T) {
 		t.Fatalf("worker quieted %d times without a lease", n)
 	}
 	// The slot is freed: the waiting agent takes it and restarts.
-	if err := h.fleet.Local.Release(context.Background(), other); err != nil {
+	if err := w2.Release(context.Background(), other); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, "the restart after the slot was freed", func() bool { return h.rec.count("restart:max_rss") == 1 })
