@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -103,6 +104,22 @@ type Agent struct {
 	waitLogged string
 	lastSample time.Time
 	leaseWait  time.Time
+
+	// mu guards what the lease keeper and the worker watcher share with
+	// the check loop.
+	mu sync.Mutex
+	// kept is the lease this agent holds, renewed every LeaseRenew until
+	// it is released or the agent ends: the restart's lease, or the one
+	// pending confirmation.
+	kept *heartbeat.Lease
+	// replaced is set once a restart was requested after which another
+	// agent process carries on; the lease is then handed over, never
+	// released, when this agent ends.
+	replaced   bool
+	handedOver bool
+	// quietedStart is the start of the worker that was sent the quiet
+	// signal: its exit is the drain, not the end of the agent.
+	quietedStart time.Time
 }
 
 // Run runs until the worker exits, a signal stops the agent, or a restart
@@ -137,19 +154,28 @@ func (a *Agent) Run(ctx context.Context) error {
 	g.Go(func() error { return a.handleSignals(ctx, stopWatching) })
 	if a.Child != nil {
 		g.Go(func() error {
-			select {
-			case <-ctx.Done():
-				return ctx.Err()
-			case e := <-a.Child.Exited():
-				a.Logger.Info("worker exited", "event", "worker_exit", "code", e.Code)
-				return &ExitError{Code: e.Code, Err: e}
+			for {
+				select {
+				case <-ctx.Done():
+					return ctx.Err()
+				case e := <-a.Child.Exited():
+					if a.exitIsDrain(e) {
+						// As Resque does on QUIT: the restart goes on.
+						a.Logger.Info("worker exited after the quiet signal; counted as drained", "event", "worker_exit_quiet", "code", e.Code)
+						continue
+					}
+					a.Logger.Info("worker exited", "event", "worker_exit", "code", e.Code)
+					return &ExitError{Code: e.Code, Err: e}
+				}
 			}
 		})
 	}
+	g.Go(func() error { return a.keepLease(ctx) })
 	for _, run := range a.Runners {
 		g.Go(func() error { return run(ctx) })
 	}
 	err := g.Wait()
+	a.letGo(context.WithoutCancel(ctx))
 	// The worker must not outlive the agent: a helper loop failed, or a
 	// restart in place started a new worker while a signal was stopping the old.
 	if a.Child != nil && a.Child.Running() {
@@ -333,11 +359,14 @@ func (a *Agent) restart(ctx context.Context, lease heartbeat.Lease, reason strin
 		a.setState(heartbeat.StateWatching)
 		return nil
 	}
-	renewCtx, stopRenew := context.WithCancel(ctx)
-	defer stopRenew()
-	go a.renew(renewCtx, lease, log)
+	// From here on the keeper renews the lease at every step, until it is
+	// released or handed over and this agent ends.
+	a.keep(&lease)
 
 	if a.Worker != nil {
+		a.mu.Lock()
+		a.quietedStart = a.workerStartedAt()
+		a.mu.Unlock()
 		a.setState(heartbeat.StateQuieting)
 		a.publish(ctx, rss, a.workerStartedAt())
 		if err := a.Worker.Quiet(ctx); err != nil {
@@ -367,8 +396,13 @@ func (a *Agent) restart(ctx context.Context, lease heartbeat.Lease, reason strin
 	log.Warn("restarting", "event", "restart", "rss", fmtMB(rss), "limit", fmtMB(a.Settings.Limit),
 		"count#dynocycle.restart", 1, a.topJobs())
 	a.Metrics.Restart(reason)
+	if r, ok := a.Restarter.(Replacer); ok && r.ReplacesAgent() {
+		a.mu.Lock()
+		a.replaced = true
+		a.mu.Unlock()
+		lease = a.handOver(ctx, lease, log)
+	}
 	next, err := a.Restarter.Restart(ctx, reason)
-	stopRenew()
 	a.restarts++
 	a.lastReason = reason
 	a.overChecks = 0
@@ -395,26 +429,106 @@ func (a *Agent) restart(ctx context.Context, lease heartbeat.Lease, reason strin
 	return nil
 }
 
-func (a *Agent) renew(ctx context.Context, lease heartbeat.Lease, log *slog.Logger) {
+// keepLease renews the lease the agent holds every LeaseRenew, so that
+// the slot stays visibly taken at every step of a restart and is restored
+// at once should Redis lose its data.
+func (a *Agent) keepLease(ctx context.Context) error {
 	every := a.Settings.LeaseRenew
 	if every <= 0 {
-		every = 10 * time.Second
+		every = 5 * time.Second
 	}
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			return
+			return ctx.Err()
 		case <-t.C:
+			lease, ok := a.keptLease()
+			if !ok {
+				continue
+			}
 			// Once quiet, the restart goes through even if the lease is lost:
 			// a quiet worker takes no jobs, so stopping would be worse.
 			if err := a.Fleet.Renew(ctx, lease); err != nil && ctx.Err() == nil {
 				a.Metrics.FleetError("renew")
-				log.Warn("lease renewal failed; finishing the restart already under way", "event", "lease_renew_failed", "err", err)
+				a.Logger.Warn("lease renewal failed; finishing the restart already under way", "event", "lease_renew_failed",
+					"slot", lease.Slot, "token", lease.Token, "err", err)
 			}
 		}
 	}
+}
+
+func (a *Agent) keep(l *heartbeat.Lease) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.kept = l
+}
+
+func (a *Agent) keptLease() (heartbeat.Lease, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.kept == nil {
+		return heartbeat.Lease{}, false
+	}
+	return *a.kept, true
+}
+
+// handOver records on the lease that the platform is about to replace this
+// dyno. Failing that the restart still goes on; the hand-over is tried again
+// as the agent ends.
+func (a *Agent) handOver(ctx context.Context, lease heartbeat.Lease, log *slog.Logger) heartbeat.Lease {
+	h, err := a.Fleet.HandOver(ctx, lease)
+	if err != nil {
+		a.Metrics.FleetError("handover")
+		log.Warn("cannot hand the lease over before the restart; will retry as the agent ends", "event", "lease_handover_failed", "err", err)
+		return lease
+	}
+	a.mu.Lock()
+	a.handedOver = true
+	a.kept = &h
+	a.mu.Unlock()
+	return h
+}
+
+// letGo makes sure no exit of the agent leaves its lease held: a lease
+// whose dyno the platform replaces is handed over to the agent that
+// replaces it; any other is released.
+func (a *Agent) letGo(ctx context.Context) {
+	lease, ok := a.keptLease()
+	if !ok {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	a.mu.Lock()
+	replaced, handedOver := a.replaced, a.handedOver
+	a.mu.Unlock()
+	log := a.Logger.With("slot", lease.Slot, "token", lease.Token)
+	if replaced {
+		if !handedOver {
+			a.handOver(ctx, lease, log)
+		}
+		return
+	}
+	err := a.Fleet.Release(ctx, lease)
+	switch {
+	case err == nil:
+		log.Info("agent ending; lease released", "event", "lease_released")
+	case errors.Is(err, heartbeat.ErrNotHolder):
+	default:
+		a.Metrics.FleetError("release")
+		log.Warn("agent ending; cannot release the lease, it runs out by itself", "event", "lease_release_failed", "err", err)
+	}
+	a.keep(nil)
+}
+
+// exitIsDrain reports whether a worker exit is the quieted worker leaving
+// on its own during its restart: that exit is its drain.
+func (a *Agent) exitIsDrain(e *child.ExitError) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return !a.quietedStart.IsZero() && e.Started.Equal(a.quietedStart)
 }
 
 // awaitTermination waits for the platform's SIGTERM after an API restart;
@@ -464,6 +578,7 @@ func (a *Agent) lookUpHeld(ctx context.Context) {
 	a.heldKnown = true
 	if ok {
 		a.pending = &lease
+		a.keep(&lease) // renewed while the worker boots
 		a.Logger.Info("holding the restart lease from before the restart; releasing it once the worker is healthy",
 			"event", "lease_pending", "slot", lease.Slot, "token", lease.Token)
 	}
@@ -496,6 +611,7 @@ func (a *Agent) releasePending(ctx context.Context, why string) {
 		return
 	}
 	a.pending = nil
+	a.keep(nil)
 	a.Logger.Info(why+"; lease released", "event", "lease_released", "slot", lease.Slot, "token", lease.Token)
 }
 

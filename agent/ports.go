@@ -46,7 +46,12 @@ type Fleet interface {
 	Renew(ctx context.Context, l heartbeat.Lease) error
 	// Release frees a held lease; heartbeat.ErrNotHolder when it was lost.
 	Release(ctx context.Context, l heartbeat.Lease) error
-	// Held returns a lease this dyno holds from before its restart.
+	// HandOver records on a held lease that the platform is about to
+	// replace this agent's dyno, so the agent that replaces it can claim the
+	// lease; it returns the lease as recorded.
+	HandOver(ctx context.Context, l heartbeat.Lease) (heartbeat.Lease, error)
+	// Held returns the lease this agent holds, or claims the lease handed
+	// over by the dyno this one replaces.
 	Held(ctx context.Context) (heartbeat.Lease, bool, error)
 	// SlotFreed is signalled when a slot may have been freed.
 	SlotFreed() <-chan struct{}
@@ -67,4 +72,11 @@ const (
 // Restarter replaces a drained worker with a fresh one.
 type Restarter interface {
 	Restart(ctx context.Context, reason string) (Next, error)
+}
+
+// Replacer is implemented by restarters after which another agent process
+// carries on (the platform replaces the dyno, or a supervisor starts the
+// agent again): the agent hands its lease over before restarting.
+type Replacer interface {
+	ReplacesAgent() bool
 }

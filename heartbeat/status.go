@@ -34,7 +34,14 @@ type SlotStatus struct {
 	Token     int64     `json:"token,omitempty"`
 	Since     time.Time `json:"since,omitzero"`
 	ExpiresAt time.Time `json:"expires_at,omitzero"`
+	// RestartAt and Successor tell a hand-over (see Lease).
+	RestartAt time.Time `json:"restart_at,omitzero"`
+	Successor string    `json:"successor,omitempty"`
 }
+
+// unreadableHolder names the holder of a slot whose value cannot be read
+// (another version's, or garbage): the slot is taken until the key expires.
+const unreadableHolder = "(unreadable lease value)"
 
 // snapshotScript reads live presences, the lease slots and the epoch in one
 // atomic round trip; the ZSET bounds the read to live dynos, no SCAN.
@@ -85,9 +92,12 @@ func (r *Redis) Snapshot(ctx context.Context) (FleetStatus, error) {
 		if v, _ := leases[i].(string); v != "" {
 			if l, ok := parseLeaseValue(slot.Slot, v); ok {
 				slot.Holder, slot.Token, slot.Since = l.Holder, l.Token, l.AcquiredAt
-				if ms := toInt(leases, i+1); ms > 0 {
-					slot.ExpiresAt = now.Add(time.Duration(ms) * time.Millisecond)
-				}
+				slot.RestartAt, slot.Successor = l.RestartAt, l.Successor
+			} else {
+				slot.Holder = unreadableHolder // taken, as the scripts treat it
+			}
+			if ms := toInt(leases, i+1); ms > 0 {
+				slot.ExpiresAt = now.Add(time.Duration(ms) * time.Millisecond)
 			}
 		}
 		s.Slots = append(s.Slots, slot)
@@ -142,8 +152,19 @@ func WriteTable(w io.Writer, s FleetStatus, now time.Time) error {
 		if !sl.ExpiresAt.IsZero() {
 			expires = "expires in " + shortDuration(sl.ExpiresAt.Sub(now))
 		}
-		fmt.Fprintf(&b, "lease slot %d: held by %s since %s (token %d, %s)\n",
-			sl.Slot, sl.Holder, sl.Since.UTC().Format(time.RFC3339), sl.Token, expires)
+		if sl.Holder == unreadableHolder {
+			fmt.Fprintf(&b, "lease slot %d: taken, value unreadable (%s)\n", sl.Slot, expires)
+			continue
+		}
+		handover := ""
+		if !sl.RestartAt.IsZero() {
+			handover = ", handed over at " + sl.RestartAt.UTC().Format(time.RFC3339)
+			if sl.Successor != "" {
+				handover += " to " + sl.Successor
+			}
+		}
+		fmt.Fprintf(&b, "lease slot %d: held by %s since %s (token %d, %s%s)\n",
+			sl.Slot, sl.Holder, sl.Since.UTC().Format(time.RFC3339), sl.Token, expires, handover)
 	}
 	if !s.SettlesAt.IsZero() && s.SettlesAt.After(now) {
 		fmt.Fprintf(&b, "leases paused for %s: redis holds no fleet history yet (restarted or new)\n",

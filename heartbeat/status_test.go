@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -174,6 +176,36 @@ func TestSnapshot(t *testing.T) {
 	}
 	if s.App != "shop" || !s.TakenAt.Equal(clock.Now()) || !s.SettlesAt.IsZero() {
 		t.Fatalf("status header %+v", s)
+	}
+
+	// A hand-over shows; a value the scripts cannot read is shown taken,
+	// as they treat it.
+	handed, err := w2.HandOver(ctx, lease)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := web.client.Set(ctx, web.keys.leases[1], "garbage", time.Minute).Err(); err != nil {
+		t.Fatal(err)
+	}
+	s, err = web.Snapshot(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b bytes.Buffer
+	if err := WriteTable(&b, s, s.TakenAt); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"lease slot 0: held by worker.2 since 2026-03-14T09:27:03Z (token 1, expires in 5m00s, handed over at " +
+			handed.RestartAt.UTC().Format(time.RFC3339) + ")",
+		"lease slot 1: taken, value unreadable (expires in 1m00s)",
+	} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("status lacks %q:\n%s", want, b.String())
+		}
+	}
+	if _, err := w10.Acquire(ctx); !errors.Is(err, ErrNoSlot) {
+		t.Errorf("acquire over an unreadable slot: %v, want ErrNoSlot", err)
 	}
 }
 
