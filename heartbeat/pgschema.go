@@ -22,7 +22,8 @@ import (
 //	dynocycle.schema_version  one row per version applied
 //	dynocycle.apps            app -> fencing token counter, created_at (the epoch, see Settle)
 //	dynocycle.presences       (app, dyno) -> process type, state, Presence JSON, expires_at
-//	dynocycle.leases          (app, slot) -> holder, process type, token, acquired_at, expires_at
+//	dynocycle.leases          (app, slot) -> token, holder (dyno, boot), hand-over, successor, expires_at
+//	dynocycle.queue           (app, dyno) -> asked_at: the dynos waiting for a slot, in asking order
 //
 // A lease or presence whose expires_at has passed is as good as absent; rows
 // are overwritten or trimmed rather than deleted by a timer.
@@ -58,15 +59,28 @@ CREATE TABLE IF NOT EXISTS dynocycle.presences (
   PRIMARY KEY (app, dyno)
 ) WITH (fillfactor = 50);
 CREATE TABLE IF NOT EXISTS dynocycle.leases (
-  app          text NOT NULL,
-  slot         integer NOT NULL,
-  holder       text NOT NULL,
-  process_type text NOT NULL,
-  token        bigint NOT NULL,
-  acquired_at  timestamptz NOT NULL,
-  expires_at   timestamptz NOT NULL,
+  app            text NOT NULL,
+  slot           integer NOT NULL,
+  token          bigint NOT NULL,
+  process_type   text NOT NULL,
+  holder         text NOT NULL,
+  holder_boot    text NOT NULL,
+  acquired_at    timestamptz NOT NULL,
+  holder_seen    timestamptz,
+  restart_at     timestamptz,
+  successor      text NOT NULL DEFAULT '',
+  successor_boot text NOT NULL DEFAULT '',
+  claimed_at     timestamptz,
+  successor_seen timestamptz,
+  expires_at     timestamptz NOT NULL,
   PRIMARY KEY (app, slot)
 ) WITH (fillfactor = 50);
+CREATE TABLE IF NOT EXISTS dynocycle.queue (
+  app      text NOT NULL,
+  dyno     text NOT NULL,
+  asked_at timestamptz NOT NULL,
+  PRIMARY KEY (app, dyno)
+);
 `,
 }
 

@@ -40,8 +40,8 @@ func (p *Postgres) Snapshot(ctx context.Context) (FleetStatus, error) {
 			})
 			b.Queue(pgLive, p.app, p.slots, p.clock()).Query(func(rows pgx.Rows) error {
 				for rows.Next() {
-					var l leaseRow
-					if err := rows.Scan(&l.Slot, &l.Holder, &l.ProcessType, &l.Token, &l.AcquiredAt, &l.ExpiresAt); err != nil {
+					l, err := scanLease(rows)
+					if err != nil {
 						return err
 					}
 					live[l.Slot] = l.Lease
@@ -59,6 +59,7 @@ func (p *Postgres) Snapshot(ctx context.Context) (FleetStatus, error) {
 		st := SlotStatus{Slot: slot}
 		if l, ok := live[slot]; ok {
 			st.Holder, st.Token, st.Since, st.ExpiresAt = l.Holder, l.Token, l.AcquiredAt, l.ExpiresAt
+			st.RestartAt, st.Successor = l.RestartAt, l.Successor
 		}
 		s.Slots = append(s.Slots, st)
 	}

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -16,47 +17,61 @@ import (
 )
 
 // Postgres is the fleet of an app whose agents share a PostgreSQL database
-// (DATABASE_URL) and no Redis: presences, peers and the restart lease live in
-// the tables of the schema dynocycle (see pgSchema), so at most Slots dynos of
-// the app restart at once. It keeps the Redis fleet's rules, in SQL:
+// (DATABASE_URL) and no Redis: presences, peers, the queue of dynos waiting
+// for a restart and the restart lease live in the tables of the schema
+// dynocycle (see pgSchema), so at most Slots dynos of the app restart at
+// once, in the order they asked. It keeps the Redis fleet's rules (holder
+// and boot, hand-over and successor, boot allowance, fair queue, restore
+// after data loss: see Redis), in SQL:
 //
-//   - Every change to the leases of an app runs in one transaction that first
-//     locks the app's row in dynocycle.apps (SELECT ... FOR UPDATE): two
-//     dynos can never both see a slot free or count each other as a healthy
-//     peer. The decision itself is decideAcquire, a pure function.
-//   - Expiry runs on the database server's clock (now()), never a dyno's.
+//   - Every change that depends on more than one row (a grant, a claim, a
+//     restore) runs in one transaction that first locks the app's row in
+//     dynocycle.apps (SELECT ... FOR UPDATE): two dynos can never both see a
+//     slot free, both claim one hand-over, or count each other as a healthy
+//     peer. The decisions are pure functions (pgrules.go). Renewals and
+//     releases of a lease as it stands are single guarded statements.
+//   - Expiry runs on the database server's clock (now()), never a dyno's;
+//     the one dyno time used, when the agent started (for claims), is moved
+//     onto the server's clock by the offset measured at connect.
 //   - The fencing token is a counter in the app's row, raised by every grant
 //     and never lowered: a restored lease raises it past its own token.
-//   - A release notifies the app's channel (pg_notify, delivered at commit)
-//     and waiting agents, which LISTEN on their one connection, try again.
+//   - A release notifies the app's channel (pg_notify, delivered at commit);
+//     waiting agents LISTEN on their one connection and try again.
 //
-// What holds when the fleet's data is lost (the schema dropped, the database
-// reset or restored from an old backup, a failover that lost the last
-// commits): as with Redis, a missing app row starts the settle time, during
-// which nobody is granted a lease, and a holder that renews restores its
-// lease. A failover that keeps the app row but loses a lease granted in its
-// last moments is not covered by the settle gate; Heroku Postgres's HA
-// failover can lose recent commits this way.
+// When the fleet's data is lost (the schema dropped, the database reset or
+// restored from an old backup, a failover that lost the last commits), every
+// agent that holds a lease restores it at its next renewal, and an app with
+// no row in dynocycle.apps grants no lease for Settle (BootAllowance by
+// default), as an empty Redis does. A failover that keeps the app's row but
+// loses a lease granted in its last moments is not covered by the settle
+// gate, only by the holder's next renewal (Heroku Postgres's HA failover can
+// lose the last commits).
 //
 // While the database is away every call fails within seconds (pgCallTimeout)
 // and the agent keeps its worker running.
 type Postgres struct {
-	link        *pgLink
-	app         string
-	dyno        string
-	ptype       string
-	slots       int
-	minPeers    int
-	leaseTTL    time.Duration
-	presenceTTL time.Duration
-	settle      time.Duration
-	log         *slog.Logger
-	now         func() time.Time // nil: the server's clock
+	link          *pgLink
+	app           string
+	dyno          string
+	boot          string
+	ptype         string
+	started       time.Time
+	slots         int
+	minPeers      int
+	leaseTTL      time.Duration
+	presenceTTL   time.Duration
+	settle        time.Duration
+	bootAllowance time.Duration
+	log           *slog.Logger
+	now           func() time.Time // nil: the server's clock
+	// offset is the server's clock minus this machine's, in ns, measured
+	// at every connect; it moves started onto the server's clock.
+	offset atomic.Int64
 
 	freed chan struct{}
 
 	mu      sync.Mutex
-	started bool
+	running bool
 	stop    context.CancelFunc
 	done    chan struct{}
 }
@@ -66,14 +81,17 @@ type Postgres struct {
 type PostgresOptions struct {
 	App             string
 	Dyno            string
+	Boot            string
+	StartedAt       time.Time
 	ProcessType     string
 	Slots           int
 	MinHealthyPeers int
 	LeaseTTL        time.Duration
 	PresenceTTL     time.Duration
+	BootAllowance   time.Duration
 	// Settle is how long an app new to the database (no row in
-	// dynocycle.apps) grants no lease. Zero means LeaseTTL; negative turns
-	// the gate off (tests).
+	// dynocycle.apps: new, or its data lost) grants no lease. Zero means
+	// BootAllowance; negative turns the gate off (tests).
 	Settle time.Duration
 	Logger *slog.Logger
 	// Now replaces the database server's clock for every timestamp and
@@ -81,13 +99,14 @@ type PostgresOptions struct {
 	Now func() time.Time
 }
 
-var _ fleet = (*Postgres)(nil)
-
 // NewPostgres returns the fleet of opts.App on the database of cfg (see
 // PostgresConfig). It dials on first use; Close ends the connection.
 func NewPostgres(cfg *pgx.ConnConfig, opts PostgresOptions) *Postgres {
 	if opts.ProcessType == "" {
 		opts.ProcessType = ProcessType(opts.Dyno)
+	}
+	if opts.Boot == "" {
+		opts.Boot = NewBootID()
 	}
 	if opts.Slots < 1 {
 		opts.Slots = 1
@@ -101,45 +120,79 @@ func NewPostgres(cfg *pgx.ConnConfig, opts PostgresOptions) *Postgres {
 	if opts.PresenceTTL < minPresenceTTL {
 		opts.PresenceTTL = minPresenceTTL
 	}
+	if opts.BootAllowance <= 0 {
+		opts.BootAllowance = DefaultBootAllowance
+	}
 	if opts.Settle == 0 {
-		opts.Settle = opts.LeaseTTL
+		opts.Settle = opts.BootAllowance
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
+	if opts.StartedAt.IsZero() {
+		if opts.Now != nil {
+			opts.StartedAt = opts.Now()
+		} else {
+			opts.StartedAt = time.Now()
+		}
+	}
 	log := opts.Logger.With("dyno", opts.Dyno)
 	p := &Postgres{
-		app:         opts.App,
-		dyno:        opts.Dyno,
-		ptype:       opts.ProcessType,
-		slots:       opts.Slots,
-		minPeers:    opts.MinHealthyPeers,
-		leaseTTL:    opts.LeaseTTL,
-		presenceTTL: opts.PresenceTTL,
-		settle:      opts.Settle,
-		log:         log,
-		now:         opts.Now,
-		freed:       make(chan struct{}, 1),
+		app:           opts.App,
+		dyno:          opts.Dyno,
+		boot:          opts.Boot,
+		ptype:         opts.ProcessType,
+		started:       opts.StartedAt,
+		slots:         opts.Slots,
+		minPeers:      opts.MinHealthyPeers,
+		leaseTTL:      opts.LeaseTTL,
+		presenceTTL:   opts.PresenceTTL,
+		settle:        opts.Settle,
+		bootAllowance: opts.BootAllowance,
+		log:           log,
+		now:           opts.Now,
+		freed:         make(chan struct{}, 1),
 	}
 	p.link = &pgLink{
-		cfg:     cfg,
-		channel: pgChannel(opts.App),
-		log:     log,
-		onConnect: func(ctx context.Context, c *pgx.Conn) error {
-			v, err := ensureSchema(ctx, c)
-			if err == nil && v > pgSchemaVersion {
-				log.Warn("the fleet's schema is newer than this agent; a newer dynocycle runs on this database",
-					"event", "pg_schema_newer", "version", v, "known", pgSchemaVersion)
-			}
-			return err
-		},
-		onListen: p.notify,
+		cfg:       cfg,
+		channel:   pgChannel(opts.App),
+		log:       log,
+		onConnect: p.onConnect,
+		onListen:  p.notify,
 		onNotify: func(n *pgconn.Notification) {
 			p.log.Debug("slot freed", "event", "slot_freed", "slot", n.Payload)
 			p.notify()
 		},
 	}
 	return p
+}
+
+// Boot is this agent's boot id.
+func (p *Postgres) Boot() string { return p.boot }
+
+// onConnect checks the schema and measures the clock offset on a new
+// connection.
+func (p *Postgres) onConnect(ctx context.Context, c *pgx.Conn) error {
+	v, err := ensureSchema(ctx, c)
+	if err != nil {
+		return err
+	}
+	if v > pgSchemaVersion {
+		p.log.Warn("the fleet's schema is newer than this agent; a newer dynocycle runs on this database",
+			"event", "pg_schema_newer", "version", v, "known", pgSchemaVersion)
+	}
+	if p.now != nil {
+		return nil
+	}
+	before := time.Now()
+	var server time.Time
+	if err := c.QueryRow(ctx, "SELECT clock_timestamp()").Scan(&server); err != nil {
+		return fmt.Errorf("read server clock: %w", err)
+	}
+	after := time.Now()
+	local := before.Add(after.Sub(before) / 2)
+	p.offset.Store(int64(server.Sub(local)))
+	return nil
 }
 
 // pgChannel is the NOTIFY channel of an app's freed slots. Channel names
@@ -160,6 +213,15 @@ func (p *Postgres) clock() any {
 		return nil
 	}
 	return p.now()
+}
+
+// startedOnServer is when this agent started, on the server's clock.
+func (p *Postgres) startedOnServer() time.Time {
+	return p.started.Add(time.Duration(p.offset.Load()))
+}
+
+func (p *Postgres) times() leaseTimes {
+	return leaseTimes{BootAllowance: p.bootAllowance, Seen: p.presenceTTL}
 }
 
 // call runs fn on the connection. It tries once more on a fresh connection
@@ -189,6 +251,9 @@ func (p *Postgres) call(ctx context.Context, what string, fn func(ctx context.Co
 	return nil
 }
 
+// pgPublish stores the presence, notes the app's epoch, takes the dyno out
+// of the queue unless it is wanting, and trims a bounded number of expired
+// presences (and their places in the queue): one statement.
 const pgPublish = `
 WITH clock AS (SELECT coalesce($3::timestamptz, now()) AS now),
 app AS (
@@ -205,14 +270,16 @@ dead AS (
   SELECT dyno FROM dynocycle.presences, clock
   WHERE app = $1 AND dyno <> $2 AND expires_at <= clock.now
   LIMIT 100 FOR UPDATE SKIP LOCKED
+),
+unqueued AS (
+  DELETE FROM dynocycle.queue q
+  WHERE q.app = $1 AND (q.dyno IN (SELECT dyno FROM dead) OR (q.dyno = $2 AND $5 <> 'wanting'))
 )
 DELETE FROM dynocycle.presences p USING dead WHERE p.app = $1 AND p.dyno = dead.dyno`
 
-// Publish records pr as this dyno's presence until PresenceTTL passes and
-// trims a bounded number of expired ones, in one statement. It also notes
-// the app's epoch (its row in dynocycle.apps).
+// Publish records pr as this dyno's presence until PresenceTTL passes.
 func (p *Postgres) Publish(ctx context.Context, pr Presence) error {
-	pr.Dyno = p.dyno
+	pr.Dyno, pr.Boot = p.dyno, p.boot
 	if pr.ProcessType == "" {
 		pr.ProcessType = p.ptype
 	}
@@ -234,137 +301,78 @@ func (p *Postgres) Publish(ctx context.Context, pr Presence) error {
 	})
 }
 
-// leaseRow is one live lease as stored.
-type leaseRow struct {
-	Lease
-	ProcessType string
+// leaseColumns is the column list scanLease reads.
+const leaseColumns = `slot, token, process_type, holder, holder_boot, acquired_at, holder_seen, restart_at,
+  successor, successor_boot, claimed_at, successor_seen, expires_at`
+
+func scanLease(r pgx.Row) (leaseRow, error) {
+	var l leaseRow
+	var hseen, rat, sat, sseen *time.Time
+	err := r.Scan(&l.Slot, &l.Token, &l.ProcessType, &l.Holder, &l.HolderBoot, &l.AcquiredAt, &hseen, &rat,
+		&l.Successor, &l.SuccessorBoot, &sat, &sseen, &l.ExpiresAt)
+	l.HolderSeen, l.RestartAt, l.ClaimedAt, l.SuccessorSeen = deref(hseen), deref(rat), deref(sat), deref(sseen)
+	return l, err
 }
 
-// acquireFacts is what Acquire reads, under the app's row lock, to decide.
-type acquireFacts struct {
-	Now   time.Time
-	Epoch time.Time  // the app's created_at
-	Token int64      // the app's fencing token counter
-	Live  []leaseRow // unexpired leases of slots 0..slots-1
-	// Peers are the live presences of the other dynos of the caller's type.
-	Peers []Presence
+func deref(t *time.Time) time.Time {
+	if t == nil {
+		return time.Time{}
+	}
+	return *t
 }
 
-// Outcomes of decideAcquire.
-const (
-	acquireHeld     = "held"     // the caller holds Slot already: extend it
-	acquireGrant    = "grant"    // grant Slot
-	acquireSettling = "settling" // the app is new to the store: wait Left
-	acquireNoSlot   = "noslot"
-	acquirePeers    = "peers" // Have healthy peers, Want required
-)
-
-type acquireOutcome struct {
-	Kind       string
-	Slot       int
-	Held       Lease
-	Left       time.Duration
-	Have, Want int
-	Waived     bool // MinHealthyPeers waived: no other dyno of the type is up
-}
-
-// acquireRules are the caller's side of an Acquire.
-type acquireRules struct {
-	Dyno, ProcessType string
-	Slots, MinPeers   int
-	Settle            time.Duration // <= 0: no settle gate
-}
-
-// decideAcquire is the lease rule of both stores (the Redis fleet runs the
-// same rule in its acquire script): a dyno that holds a slot gets it back; an
-// app new to the store grants nothing until it has settled; otherwise the
-// lowest free slot is granted if enough other dynos of the caller's process
-// type are healthy, not counting those that hold a lease. A holder whose
-// presence lapsed is being replaced: it still counts as part of the
-// formation, so a two-dyno app is never taken for a single one and the peer
-// rule waived.
-func decideAcquire(f acquireFacts, r acquireRules) acquireOutcome {
-	holders := map[string]string{} // dyno -> process type
-	taken := map[int]bool{}
-	for _, l := range f.Live {
-		if l.Holder == r.Dyno {
-			return acquireOutcome{Kind: acquireHeld, Slot: l.Slot, Held: l.Lease}
-		}
-		holders[l.Holder] = l.ProcessType
-		taken[l.Slot] = true
+// orNull is a timestamp argument: NULL for the zero time.
+func orNull(t time.Time) any {
+	if t.IsZero() {
+		return nil
 	}
-	if r.Settle > 0 {
-		if left := f.Epoch.Add(r.Settle).Sub(f.Now); left > 0 {
-			return acquireOutcome{Kind: acquireSettling, Left: left}
-		}
-	}
-	free := -1
-	for s := range r.Slots {
-		if !taken[s] {
-			free = s
-			break
-		}
-	}
-	if free < 0 {
-		return acquireOutcome{Kind: acquireNoSlot}
-	}
-	out := acquireOutcome{Kind: acquireGrant, Slot: free}
-	if r.MinPeers <= 0 {
-		return out
-	}
-	seen, have := 0, 0
-	counted := map[string]bool{}
-	for _, pr := range f.Peers {
-		if pr.Dyno == r.Dyno || pr.ProcessType != r.ProcessType || counted[pr.Dyno] {
-			continue
-		}
-		counted[pr.Dyno] = true
-		seen++
-		if _, holds := holders[pr.Dyno]; pr.Healthy() && !holds {
-			have++
-		}
-	}
-	for d, t := range holders {
-		if t == r.ProcessType && d != r.Dyno && !counted[d] {
-			seen++
-		}
-	}
-	switch {
-	case seen == 0:
-		out.Waived = true
-	case have < r.MinPeers:
-		return acquireOutcome{Kind: acquirePeers, Have: have, Want: r.MinPeers}
-	}
-	return out
+	return t
 }
 
 const (
 	pgEnsureApp = `INSERT INTO dynocycle.apps (app, created_at) VALUES ($1, coalesce($2::timestamptz, now()))
   ON CONFLICT (app) DO NOTHING`
 	pgLockApp = `SELECT created_at, token, coalesce($2::timestamptz, now()) FROM dynocycle.apps WHERE app = $1 FOR UPDATE`
-	pgLive    = `SELECT slot, holder, process_type, token, acquired_at, expires_at FROM dynocycle.leases
+	pgLive    = `SELECT ` + leaseColumns + ` FROM dynocycle.leases
   WHERE app = $1 AND slot < $2 AND expires_at > coalesce($3::timestamptz, now()) ORDER BY slot`
+	pgEnqueue = `INSERT INTO dynocycle.queue (app, dyno, asked_at) VALUES ($1, $2, coalesce($3::timestamptz, now()))
+  ON CONFLICT (app, dyno) DO NOTHING`
+	// The waiters before the caller, in asking order (ties by name, as in
+	// a Redis sorted set), each alive while its presence lasts.
+	pgAhead = `SELECT q.dyno, coalesce(p.expires_at > coalesce($3::timestamptz, now()), false)
+  FROM dynocycle.queue q
+  JOIN dynocycle.queue me ON me.app = q.app AND me.dyno = $2
+  LEFT JOIN dynocycle.presences p ON p.app = q.app AND p.dyno = q.dyno
+  WHERE q.app = $1 AND (q.asked_at, q.dyno) < (me.asked_at, me.dyno)
+  ORDER BY q.asked_at, q.dyno`
 	pgPeers = `SELECT body FROM dynocycle.presences
   WHERE app = $1 AND process_type = $2 AND dyno <> $3 AND expires_at > coalesce($4::timestamptz, now())`
-	pgExtend = `UPDATE dynocycle.leases SET expires_at = $4::timestamptz + $5::float8 * interval '1 millisecond'
-  WHERE app = $1 AND slot = $2 AND token = $3 RETURNING expires_at`
-	pgSetToken = `UPDATE dynocycle.apps SET token = $2 WHERE app = $1`
+	pgUnqueue   = `DELETE FROM dynocycle.queue WHERE app = $1 AND dyno = ANY($2)`
+	pgDropLease = `DELETE FROM dynocycle.leases WHERE app = $1 AND slot = $2 AND token = $3`
+	pgNotify    = `SELECT pg_notify($1, $2)`
+	pgSetToken  = `UPDATE dynocycle.apps SET token = $2 WHERE app = $1`
 	// A grant overwrites only an expired row: a renewal that slipped in
 	// after the read keeps its slot.
-	pgGrant = `INSERT INTO dynocycle.leases (app, slot, holder, process_type, token, acquired_at, expires_at)
-  VALUES ($1, $2, $3, $4, $5, $6::timestamptz, $6::timestamptz + $7::float8 * interval '1 millisecond')
-  ON CONFLICT (app, slot) DO UPDATE SET holder = excluded.holder, process_type = excluded.process_type,
-    token = excluded.token, acquired_at = excluded.acquired_at, expires_at = excluded.expires_at
+	pgGrant = `INSERT INTO dynocycle.leases (app, slot, token, process_type, holder, holder_boot, acquired_at, holder_seen, expires_at)
+  VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $7::timestamptz + $8::float8 * interval '1 millisecond')
+  ON CONFLICT (app, slot) DO UPDATE SET token = excluded.token, process_type = excluded.process_type,
+    holder = excluded.holder, holder_boot = excluded.holder_boot, acquired_at = excluded.acquired_at,
+    holder_seen = excluded.holder_seen, restart_at = NULL, successor = '', successor_boot = '',
+    claimed_at = NULL, successor_seen = NULL, expires_at = excluded.expires_at
   WHERE dynocycle.leases.expires_at <= excluded.acquired_at
   RETURNING expires_at`
+	pgExtend = `UPDATE dynocycle.leases SET expires_at = $4::timestamptz + $5::float8 * interval '1 millisecond'
+  WHERE app = $1 AND slot = $2 AND token = $3 RETURNING expires_at`
 )
 
 // errSlotRaced ends a grant whose slot was renewed after it was read.
 var errSlotRaced = errors.New("slot renewed by its holder meanwhile")
 
-// lockApp takes the app's row lock (making the row, and so the epoch, if
-// it is missing) and reads what a lease decision needs: one round trip.
-func (p *Postgres) lockApp(ctx context.Context, tx pgx.Tx, peers bool) (acquireFacts, error) {
+// lockApp takes the app's row lock (making the row, and so the epoch, if it
+// is missing) and reads the live leases; with queue it also enqueues the
+// caller and reads who is ahead, with peers the presences of its type. One
+// round trip.
+func (p *Postgres) lockApp(ctx context.Context, tx pgx.Tx, queue, peers bool) (acquireFacts, error) {
 	var f acquireFacts
 	b := &pgx.Batch{}
 	b.Queue(pgEnsureApp, p.app, p.clock())
@@ -373,14 +381,27 @@ func (p *Postgres) lockApp(ctx context.Context, tx pgx.Tx, peers bool) (acquireF
 	})
 	b.Queue(pgLive, p.app, p.slots, p.clock()).Query(func(rows pgx.Rows) error {
 		for rows.Next() {
-			var l leaseRow
-			if err := rows.Scan(&l.Slot, &l.Holder, &l.ProcessType, &l.Token, &l.AcquiredAt, &l.ExpiresAt); err != nil {
+			l, err := scanLease(rows)
+			if err != nil {
 				return err
 			}
 			f.Live = append(f.Live, l)
 		}
 		return rows.Err()
 	})
+	if queue {
+		b.Queue(pgEnqueue, p.app, p.dyno, p.clock())
+		b.Queue(pgAhead, p.app, p.dyno, p.clock()).Query(func(rows pgx.Rows) error {
+			for rows.Next() {
+				var w waiter
+				if err := rows.Scan(&w.Dyno, &w.Alive); err != nil {
+					return err
+				}
+				f.Ahead = append(f.Ahead, w)
+			}
+			return rows.Err()
+		})
+	}
 	if peers {
 		b.Queue(pgPeers, p.app, p.ptype, p.dyno, p.clock()).Query(func(rows pgx.Rows) error {
 			for rows.Next() {
@@ -399,28 +420,44 @@ func (p *Postgres) lockApp(ctx context.Context, tx pgx.Tx, peers bool) (acquireF
 	return f, tx.SendBatch(ctx, b).Close()
 }
 
-// Acquire takes a restart slot. ErrNoSlot (possibly wrapped, while a new
-// app settles) and *PeersError mean: keep working, try again later.
+// Acquire queues the caller and takes a restart slot if it is its turn.
+// ErrNoSlot (possibly wrapped: waiting in the queue, or while a new app
+// settles) and *PeersError mean: keep working, try again later; the caller
+// keeps its place in the queue.
 func (p *Postgres) Acquire(ctx context.Context) (Lease, error) {
 	var out acquireOutcome
 	var lease Lease
+	rules := acquireRules{Dyno: p.dyno, Boot: p.boot, ProcessType: p.ptype, Slots: p.slots, MinPeers: p.minPeers,
+		Settle: p.settle, leaseTimes: p.times()}
 	err := p.call(ctx, "acquire lease", func(ctx context.Context, c *pgx.Conn) error {
 		return pgx.BeginFunc(ctx, c, func(tx pgx.Tx) error {
-			f, err := p.lockApp(ctx, tx, p.minPeers > 0)
+			f, err := p.lockApp(ctx, tx, true, p.minPeers > 0)
 			if err != nil {
 				return err
 			}
-			out = decideAcquire(f, acquireRules{Dyno: p.dyno, ProcessType: p.ptype, Slots: p.slots, MinPeers: p.minPeers, Settle: p.settle})
+			out = decideAcquire(f, rules)
+			b := &pgx.Batch{}
+			for _, l := range out.Stale {
+				b.Queue(pgDropLease, p.app, l.Slot, l.Token)
+			}
+			if len(out.Stale) > 0 {
+				b.Queue(pgNotify, p.link.channel, "stale")
+			}
+			if len(out.Dead) > 0 {
+				b.Queue(pgUnqueue, p.app, out.Dead)
+			}
 			switch out.Kind {
 			case acquireHeld:
 				lease = out.Held
-				return tx.QueryRow(ctx, pgExtend, p.app, lease.Slot, lease.Token, f.Now, p.leaseTTL.Milliseconds()).Scan(&lease.ExpiresAt)
+				b.Queue(pgExtend, p.app, lease.Slot, lease.Token, f.Now, p.leaseTTL.Milliseconds()).
+					QueryRow(func(r pgx.Row) error { return r.Scan(&lease.ExpiresAt) })
+				b.Queue(pgUnqueue, p.app, []string{p.dyno})
 			case acquireGrant:
 				// The app's row is locked: its counter cannot move meanwhile.
-				lease = Lease{Slot: out.Slot, Holder: p.dyno, Token: f.Token + 1, AcquiredAt: f.Now}
-				b := &pgx.Batch{}
+				lease = Lease{Slot: out.Slot, Holder: p.dyno, HolderBoot: p.boot, ProcessType: p.ptype,
+					Token: f.Token + 1, AcquiredAt: f.Now}
 				b.Queue(pgSetToken, p.app, lease.Token)
-				b.Queue(pgGrant, p.app, out.Slot, p.dyno, p.ptype, lease.Token, f.Now, p.leaseTTL.Milliseconds()).
+				b.Queue(pgGrant, p.app, lease.Slot, lease.Token, p.ptype, p.dyno, p.boot, f.Now, p.leaseTTL.Milliseconds()).
 					QueryRow(func(r pgx.Row) error {
 						err := r.Scan(&lease.ExpiresAt)
 						if errors.Is(err, pgx.ErrNoRows) {
@@ -428,9 +465,12 @@ func (p *Postgres) Acquire(ctx context.Context) (Lease, error) {
 						}
 						return err
 					})
-				return tx.SendBatch(ctx, b).Close()
+				b.Queue(pgUnqueue, p.app, []string{p.dyno})
 			}
-			return nil
+			if b.Len() == 0 {
+				return nil
+			}
+			return tx.SendBatch(ctx, b).Close()
 		})
 	})
 	if errors.Is(err, errSlotRaced) {
@@ -439,8 +479,19 @@ func (p *Postgres) Acquire(ctx context.Context) (Lease, error) {
 	if err != nil {
 		return Lease{}, err
 	}
+	if len(out.Stale) > 0 {
+		gone := make([]string, len(out.Stale))
+		for i, l := range out.Stale {
+			gone[i] = l.Holder
+		}
+		p.log.Warn("freed a handed-over lease whose holder and successor are gone", "event", "lease_stale_freed",
+			"holders", gone, "boot_allowance", p.bootAllowance)
+	}
 	switch out.Kind {
 	case acquireNoSlot:
+		if out.Ahead > 0 {
+			return Lease{}, fmt.Errorf("%w: %d dynos asked first", ErrNoSlot, out.Ahead)
+		}
 		return Lease{}, ErrNoSlot
 	case acquireSettling:
 		return Lease{}, fmt.Errorf("%w: the database holds no fleet history for this app yet (new, or its data was lost), no lease for %s",
@@ -460,92 +511,175 @@ func (p *Postgres) Acquire(ctx context.Context) (Lease, error) {
 	return lease, nil
 }
 
+// pgRenew extends the caller's lease as it stands, stamping the caller's
+// renewal as holder or successor.
 const pgRenew = `UPDATE dynocycle.leases
-  SET expires_at = coalesce($5::timestamptz, now()) + $6::float8 * interval '1 millisecond'
-  WHERE app = $1 AND slot = $2 AND token = $3 AND holder = $4 AND expires_at > coalesce($5::timestamptz, now())`
+  SET expires_at = coalesce($6::timestamptz, now()) + $7::float8 * interval '1 millisecond',
+    holder_seen = CASE WHEN holder = $4 AND holder_boot = $5 THEN coalesce($6::timestamptz, now()) ELSE holder_seen END,
+    successor_seen = CASE WHEN successor = $4 AND successor_boot = $5 THEN coalesce($6::timestamptz, now()) ELSE successor_seen END
+  WHERE app = $1 AND slot = $2 AND token = $3 AND expires_at > coalesce($6::timestamptz, now())
+    AND ((holder = $4 AND holder_boot = $5) OR (successor = $4 AND successor_boot = $5))
+  RETURNING ` + leaseColumns
 
 const (
-	pgSlot = `SELECT holder, token FROM dynocycle.leases
-  WHERE app = $1 AND slot = $2 AND expires_at > coalesce($3::timestamptz, now())`
-	pgRestore = `INSERT INTO dynocycle.leases (app, slot, holder, process_type, token, acquired_at, expires_at)
-  VALUES ($1, $2, $3, $4, $5, $6, $7::timestamptz + $8::float8 * interval '1 millisecond')
-  ON CONFLICT (app, slot) DO UPDATE SET holder = excluded.holder, process_type = excluded.process_type,
-    token = excluded.token, acquired_at = excluded.acquired_at, expires_at = excluded.expires_at`
+	pgSeen = `UPDATE dynocycle.leases SET expires_at = $4::timestamptz + $5::float8 * interval '1 millisecond',
+    holder_seen = CASE WHEN $6 THEN $4::timestamptz ELSE holder_seen END,
+    successor_seen = CASE WHEN $6 THEN successor_seen ELSE $4::timestamptz END
+  WHERE app = $1 AND slot = $2 AND token = $3 RETURNING ` + leaseColumns
+	pgRecordSuccessor = `UPDATE dynocycle.leases SET expires_at = $4::timestamptz + $5::float8 * interval '1 millisecond',
+    successor = $6, successor_boot = $7, claimed_at = coalesce($8::timestamptz, $4::timestamptz), successor_seen = $4::timestamptz
+  WHERE app = $1 AND slot = $2 AND token = $3 RETURNING ` + leaseColumns
+	pgRestore = `INSERT INTO dynocycle.leases (app, slot, token, process_type, holder, holder_boot, acquired_at, holder_seen,
+    restart_at, successor, successor_boot, claimed_at, successor_seen, expires_at)
+  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14::timestamptz + $15::float8 * interval '1 millisecond')
+  ON CONFLICT (app, slot) DO UPDATE SET token = excluded.token, process_type = excluded.process_type,
+    holder = excluded.holder, holder_boot = excluded.holder_boot, acquired_at = excluded.acquired_at,
+    holder_seen = excluded.holder_seen, restart_at = excluded.restart_at, successor = excluded.successor,
+    successor_boot = excluded.successor_boot, claimed_at = excluded.claimed_at,
+    successor_seen = excluded.successor_seen, expires_at = excluded.expires_at
+  RETURNING ` + leaseColumns
 	pgRaiseToken = `UPDATE dynocycle.apps SET token = greatest(token, $2) WHERE app = $1`
 )
 
-// Renew extends lease by LeaseTTL; ErrNotHolder when another dyno holds
-// the slot now. A lease that is gone (it expired unclaimed, or the fleet's
-// data was lost) while its slot is free is taken back with its own token:
-// the holder is still restarting, and holding the slot again keeps the count
-// honest and lets the reborn dyno find and release it.
+// Renew extends lease by LeaseTTL and restores it if it is gone (it expired
+// unclaimed, or the fleet's data was lost) while its slot is free: the
+// caller is still restarting, or booting as the successor, and holding the
+// slot again keeps the count honest. ErrNotHolder when another holder has
+// the slot now.
 func (p *Postgres) Renew(ctx context.Context, lease Lease) error {
-	if !p.own(lease) {
-		return ErrNotHolder
+	_, err := p.renew(ctx, lease, false)
+	return err
+}
+
+// renew is Renew; with handOver it also records the hand-over (HandOver).
+func (p *Postgres) renew(ctx context.Context, lease Lease, handOver bool) (Lease, error) {
+	if !p.own(lease) || (handOver && !p.isHolder(lease)) {
+		return Lease{}, ErrNotHolder
 	}
-	var restored, other bool
-	err := p.call(ctx, "renew lease", func(ctx context.Context, c *pgx.Conn) error {
-		restored, other = false, false
-		tag, err := c.Exec(ctx, pgRenew, p.app, lease.Slot, lease.Token, p.dyno, p.clock(), p.leaseTTL.Milliseconds())
-		if err != nil || tag.RowsAffected() == 1 {
-			return err
+	what := "renew lease"
+	if handOver {
+		what = "hand over lease"
+	}
+	var got leaseRow
+	var action string
+	err := p.call(ctx, what, func(ctx context.Context, c *pgx.Conn) error {
+		if !handOver {
+			var err error
+			got, err = scanLease(c.QueryRow(ctx, pgRenew, p.app, lease.Slot, lease.Token, p.dyno, p.boot, p.clock(), p.leaseTTL.Milliseconds()))
+			if err == nil {
+				action = renewExtend
+				return nil
+			}
+			if !errors.Is(err, pgx.ErrNoRows) {
+				return err
+			}
 		}
 		return pgx.BeginFunc(ctx, c, func(tx pgx.Tx) error {
-			f, err := p.lockApp(ctx, tx, false)
+			f, err := p.lockApp(ctx, tx, false, false)
 			if err != nil {
 				return err
 			}
-			for _, l := range f.Live {
-				if l.Slot != lease.Slot {
-					continue
+			var cur *leaseRow
+			for i := range f.Live {
+				if f.Live[i].Slot == lease.Slot {
+					cur = &f.Live[i]
 				}
-				if l.Holder != p.dyno || l.Token != lease.Token {
-					other = true
-					return nil
+			}
+			var as string
+			action, as = decideRenew(cur, lease, p.dyno, p.boot)
+			if handOver && action != renewRestore && (action != renewExtend || as != renewByHolder) {
+				action = renewNotHeld // only the holder hands over
+			}
+			ttl := p.leaseTTL.Milliseconds()
+			var row pgx.Row
+			switch action {
+			case renewNotHeld:
+				return nil
+			case renewExtend:
+				row = tx.QueryRow(ctx, pgSeen, p.app, lease.Slot, lease.Token, f.Now, ttl, as == renewByHolder)
+			case renewRecord:
+				row = tx.QueryRow(ctx, pgRecordSuccessor, p.app, lease.Slot, lease.Token, f.Now, ttl, p.dyno, p.boot, orNull(lease.ClaimedAt))
+			case renewRestore:
+				// Only the caller is known to be alive: the other's renewal
+				// stamp stays empty.
+				var hseen, sseen any
+				if as == renewByHolder {
+					hseen = f.Now
+				} else {
+					sseen = f.Now
 				}
-				// Extended by another call of ours meanwhile.
-				_, err := tx.Exec(ctx, pgExtend, p.app, lease.Slot, lease.Token, f.Now, p.leaseTTL.Milliseconds())
+				ptype := lease.ProcessType
+				if ptype == "" {
+					ptype = p.ptype
+				}
+				if _, err := tx.Exec(ctx, pgRaiseToken, p.app, lease.Token); err != nil {
+					return err
+				}
+				row = tx.QueryRow(ctx, pgRestore, p.app, lease.Slot, lease.Token, ptype, lease.Holder, lease.HolderBoot,
+					orTime(lease.AcquiredAt, f.Now), hseen, orNull(lease.RestartAt), lease.Successor, lease.SuccessorBoot,
+					orNull(lease.ClaimedAt), sseen, f.Now, ttl)
+			}
+			if got, err = scanLease(row); err != nil {
 				return err
 			}
-			at := lease.AcquiredAt
-			if at.IsZero() {
-				at = f.Now
+			if handOver && got.RestartAt.IsZero() {
+				got, err = scanLease(tx.QueryRow(ctx, pgHandOver, p.app, lease.Slot, lease.Token, f.Now))
 			}
-			b := &pgx.Batch{}
-			b.Queue(pgRestore, p.app, lease.Slot, p.dyno, p.ptype, lease.Token, at, f.Now, p.leaseTTL.Milliseconds())
-			b.Queue(pgRaiseToken, p.app, lease.Token)
-			restored = true
-			return tx.SendBatch(ctx, b).Close()
+			return err
 		})
 	})
-	switch {
-	case err != nil:
-		return err
-	case other:
-		return ErrNotHolder
-	case restored:
-		p.log.Warn("lease row was gone, restored", "event", "lease_restored", "slot", lease.Slot, "token", lease.Token)
+	if err != nil {
+		return Lease{}, err
 	}
-	return nil
+	switch action {
+	case renewNotHeld:
+		return Lease{}, ErrNotHolder
+	case renewRestore:
+		p.log.Warn("lease row was gone, restored", "event", "lease_restored", "slot", lease.Slot, "token", lease.Token)
+	case renewRecord:
+		p.log.Info("successor recorded again on a restored lease", "event", "lease_successor_restored",
+			"slot", lease.Slot, "token", lease.Token)
+	}
+	return got.Lease, nil
+}
+
+const pgHandOver = `UPDATE dynocycle.leases SET restart_at = coalesce(restart_at, $4::timestamptz)
+  WHERE app = $1 AND slot = $2 AND token = $3 RETURNING ` + leaseColumns
+
+// HandOver records on lease that its holder is about to ask the platform
+// to replace its dyno: of which process type and when. From then on the
+// first new dyno of that type started afterwards claims it (see Held). It
+// returns the lease as recorded, restoring it first if it was lost;
+// ErrNotHolder when the caller is not its holder.
+func (p *Postgres) HandOver(ctx context.Context, lease Lease) (Lease, error) {
+	l, err := p.renew(ctx, lease, true)
+	if err != nil {
+		return Lease{}, err
+	}
+	p.log.Info("lease handed over to the dyno that replaces this one", "event", "lease_handover",
+		"slot", l.Slot, "token", l.Token, "process_type", l.ProcessType, "restart_at", l.RestartAt)
+	return l, nil
 }
 
 const pgRelease = `WITH gone AS (
   DELETE FROM dynocycle.leases
-  WHERE app = $1 AND slot = $2 AND token = $3 AND holder = $4 AND expires_at > coalesce($5::timestamptz, now())
+  WHERE app = $1 AND slot = $2 AND token = $3 AND expires_at > coalesce($6::timestamptz, now())
+    AND ((holder = $4 AND holder_boot = $5) OR (successor = $4 AND successor_boot = $5))
   RETURNING slot
 )
-SELECT pg_notify($6, slot::text) FROM gone`
+SELECT pg_notify($7, slot::text) FROM gone`
 
-// Release frees lease and tells waiting dynos at once (the notification is
-// delivered when the delete commits). ErrNotHolder when it expired or
-// another dyno holds the slot now.
+// Release frees lease if the caller holds it (as holder or successor) and
+// tells waiting dynos at once: the notification is delivered when the
+// delete commits. ErrNotHolder when it expired or another holder has the
+// slot now.
 func (p *Postgres) Release(ctx context.Context, lease Lease) error {
 	if !p.own(lease) {
 		return ErrNotHolder
 	}
 	var n int64
 	err := p.call(ctx, "release lease", func(ctx context.Context, c *pgx.Conn) error {
-		tag, err := c.Exec(ctx, pgRelease, p.app, lease.Slot, lease.Token, p.dyno, p.clock(), p.link.channel)
+		tag, err := c.Exec(ctx, pgRelease, p.app, lease.Slot, lease.Token, p.dyno, p.boot, p.clock(), p.link.channel)
 		n = tag.RowsAffected()
 		return err
 	})
@@ -559,30 +693,48 @@ func (p *Postgres) Release(ctx context.Context, lease Lease) error {
 	return nil
 }
 
-const pgHeld = `SELECT slot, holder, token, acquired_at, expires_at FROM dynocycle.leases
-  WHERE app = $1 AND holder = $2 AND slot < $3 AND expires_at > coalesce($4::timestamptz, now())
-  ORDER BY slot LIMIT 1`
+const pgClaim = `UPDATE dynocycle.leases SET successor = $4, successor_boot = $5, claimed_at = $6,
+    successor_seen = $6, expires_at = $6::timestamptz + $7::float8 * interval '1 millisecond'
+  WHERE app = $1 AND slot = $2 AND token = $3 RETURNING ` + leaseColumns
 
-// Held returns the lease this dyno holds, typically from before its
-// restart: one query.
+// Held returns the lease this agent holds: one it took, or one handed over
+// by the dyno this one replaces, which it claims here as successor (see
+// pickHeld), under the app's lock so that a lease is claimed once.
 func (p *Postgres) Held(ctx context.Context) (Lease, bool, error) {
-	var l Lease
-	var found bool
-	err := p.call(ctx, "read leases", func(ctx context.Context, c *pgx.Conn) error {
-		err := c.QueryRow(ctx, pgHeld, p.app, p.dyno, p.slots, p.clock()).
-			Scan(&l.Slot, &l.Holder, &l.Token, &l.AcquiredAt, &l.ExpiresAt)
-		found = err == nil
-		if errors.Is(err, pgx.ErrNoRows) {
-			return nil
-		}
-		return err
+	c := claimer{Dyno: p.dyno, Boot: p.boot, ProcessType: p.ptype, Started: p.startedOnServer(), MayClaim: !OneOff(p.dyno)}
+	var got leaseRow
+	var mine, ok bool
+	err := p.call(ctx, "read leases", func(ctx context.Context, conn *pgx.Conn) error {
+		return pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+			f, err := p.lockApp(ctx, tx, false, false)
+			if err != nil {
+				return err
+			}
+			c.Started = p.startedOnServer() // the offset is measured at connect
+			got, mine, ok = pickHeld(f.Live, c, f.Now, p.times())
+			if !ok || mine {
+				return nil
+			}
+			got, err = scanLease(tx.QueryRow(ctx, pgClaim, p.app, got.Slot, got.Token, p.dyno, p.boot, f.Now, p.leaseTTL.Milliseconds()))
+			return err
+		})
 	})
-	return l, found, err
+	if err != nil || !ok {
+		return Lease{}, false, err
+	}
+	if !mine {
+		p.log.Info("claimed the lease of the dyno this one replaces", "event", "lease_claimed",
+			"slot", got.Slot, "token", got.Token, "holder", got.Holder, "restart_at", got.RestartAt)
+	}
+	return got.Lease, true, nil
 }
 
+// own reports whether the caller may act on l as holder or successor.
 func (p *Postgres) own(l Lease) bool {
-	return l.Slot >= 0 && l.Slot < p.slots && l.Holder == p.dyno
+	return l.Slot >= 0 && l.Slot < p.slots && l.HeldBy(p.dyno, p.boot)
 }
+
+func (p *Postgres) isHolder(l Lease) bool { return l.Holder == p.dyno && l.HolderBoot == p.boot }
 
 // SlotFreed is signalled when a slot may have been freed: another dyno
 // released one, or the LISTEN was (re)established and a release may have
@@ -603,7 +755,7 @@ func (p *Postgres) Run(ctx context.Context) error {
 // Close stops the listener, waits for it, and closes the connection.
 func (p *Postgres) Close() error {
 	p.mu.Lock()
-	p.started = true // no start after Close
+	p.running = true // no start after Close
 	stop, done := p.stop, p.done
 	p.stop = nil
 	p.mu.Unlock()
@@ -618,10 +770,10 @@ func (p *Postgres) Close() error {
 func (p *Postgres) start() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.started {
+	if p.running {
 		return
 	}
-	p.started = true
+	p.running = true
 	ctx, cancel := context.WithCancel(context.Background())
 	p.stop = cancel
 	p.done = make(chan struct{})

@@ -53,68 +53,6 @@ func adminConn(t testing.TB, srv *testpg.Server) *pgx.Conn {
 	return c
 }
 
-func TestDecideAcquire(t *testing.T) {
-	t0 := time.Date(2026, 3, 14, 9, 0, 0, 0, time.UTC)
-	lease := func(slot int, dyno string, tok int64) leaseRow {
-		return leaseRow{Lease: Lease{Slot: slot, Holder: dyno, Token: tok}, ProcessType: ProcessType(dyno)}
-	}
-	pres := func(dyno string, p Presence) Presence {
-		p.Dyno, p.ProcessType = dyno, ProcessType(dyno)
-		return p
-	}
-	rules := acquireRules{Dyno: "worker.1", ProcessType: "worker", Slots: 2, MinPeers: 1, Settle: time.Minute}
-	old := t0.Add(-time.Hour)
-	for _, tc := range []struct {
-		name  string
-		facts acquireFacts
-		rules acquireRules
-		want  acquireOutcome
-	}{
-		{name: "held slot comes back", rules: rules,
-			facts: acquireFacts{Now: t0, Epoch: t0, Live: []leaseRow{lease(0, "worker.2", 1), lease(1, "worker.1", 2)}},
-			want:  acquireOutcome{Kind: acquireHeld, Slot: 1, Held: Lease{Slot: 1, Holder: "worker.1", Token: 2}}},
-		{name: "settling on a new app", rules: rules,
-			facts: acquireFacts{Now: t0.Add(20 * time.Second), Epoch: t0},
-			want:  acquireOutcome{Kind: acquireSettling, Left: 40 * time.Second}},
-		{name: "settle off", rules: acquireRules{Dyno: "worker.1", ProcessType: "worker", Slots: 1},
-			facts: acquireFacts{Now: t0, Epoch: t0},
-			want:  acquireOutcome{Kind: acquireGrant, Slot: 0}},
-		{name: "all slots taken", rules: rules,
-			facts: acquireFacts{Now: t0, Epoch: old, Live: []leaseRow{lease(0, "worker.2", 1), lease(1, "worker.3", 2)}},
-			want:  acquireOutcome{Kind: acquireNoSlot}},
-		{name: "lowest free slot", rules: rules,
-			facts: acquireFacts{Now: t0, Epoch: old, Live: []leaseRow{lease(0, "worker.2", 1)},
-				Peers: []Presence{pres("worker.3", Presence{State: StateWatching})}},
-			want: acquireOutcome{Kind: acquireGrant, Slot: 1}},
-		{name: "alone: peers waived", rules: rules,
-			facts: acquireFacts{Now: t0, Epoch: old, Peers: []Presence{pres("web.1", Presence{State: StateWatching})}},
-			want:  acquireOutcome{Kind: acquireGrant, Slot: 0, Waived: true}},
-		{name: "draining peer is not healthy", rules: rules,
-			facts: acquireFacts{Now: t0, Epoch: old, Peers: []Presence{pres("worker.2", Presence{State: StateDraining})}},
-			want:  acquireOutcome{Kind: acquirePeers, Have: 0, Want: 1}},
-		{name: "holder is not a healthy peer", rules: rules,
-			facts: acquireFacts{Now: t0, Epoch: old, Live: []leaseRow{lease(0, "worker.2", 1)},
-				Peers: []Presence{pres("worker.2", Presence{State: StateWatching})}},
-			want: acquireOutcome{Kind: acquirePeers, Have: 0, Want: 1}},
-		{name: "holder whose presence lapsed is formation", rules: rules,
-			facts: acquireFacts{Now: t0, Epoch: old, Live: []leaseRow{lease(0, "worker.2", 1)}},
-			want:  acquireOutcome{Kind: acquirePeers, Have: 0, Want: 1}},
-		{name: "holder of another type is not formation", rules: rules,
-			facts: acquireFacts{Now: t0, Epoch: old, Live: []leaseRow{lease(0, "web.1", 1)}},
-			want:  acquireOutcome{Kind: acquireGrant, Slot: 1, Waived: true}},
-		{name: "enough healthy peers", rules: acquireRules{Dyno: "worker.1", ProcessType: "worker", Slots: 3, MinPeers: 2},
-			facts: acquireFacts{Now: t0, Epoch: old, Peers: []Presence{pres("worker.2", Presence{State: StateWanting}), pres("worker.3", Presence{State: StateWatching}), pres("worker.4", Presence{State: StateLeased})}},
-			want:  acquireOutcome{Kind: acquireGrant, Slot: 0}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			got := decideAcquire(tc.facts, tc.rules)
-			if got != tc.want {
-				t.Fatalf("got %+v, want %+v", got, tc.want)
-			}
-		})
-	}
-}
-
 func TestPGSchemaCreatedOnFirstUse(t *testing.T) {
 	srv := testpg.Start(t)
 	ctx := context.Background()
@@ -258,13 +196,25 @@ func TestPGExpiredHolderAndRebornDyno(t *testing.T) {
 	freed := waiter.SlotFreed()
 	waitSignal(t, freed, 10*time.Second, "listening")
 
-	reborn := newPG(t, srv, PostgresOptions{Dyno: "worker.2", Settle: -1, LeaseTTL: time.Minute})
+	// worker.2 restarts: a new process under the same name. The name alone
+	// does not make it the holder; the hand-over of its previous life does.
+	early := newPG(t, srv, PostgresOptions{Dyno: "worker.2", Settle: -1, LeaseTTL: time.Minute})
+	if _, held, err := early.Held(ctx); err != nil || held {
+		t.Fatalf("a namesake without a hand-over Held = %v, %v; want nothing", held, err)
+	}
+	handed, err := b.HandOver(ctx, lb)
+	if err != nil || handed.RestartAt.IsZero() {
+		t.Fatalf("hand over: %+v, %v", handed, err)
+	}
+	reborn := newPG(t, srv, PostgresOptions{Dyno: "worker.2", Settle: -1, LeaseTTL: time.Minute,
+		StartedAt: time.Now().Add(time.Second)})
 	got, held, err := reborn.Held(ctx)
 	if err != nil || !held {
 		t.Fatalf("reborn Held = %v, %v; want its lease", held, err)
 	}
-	if got.Token != lb.Token || got.Slot != lb.Slot || !got.AcquiredAt.Equal(lb.AcquiredAt) || got.ExpiresAt.IsZero() {
-		t.Fatalf("reborn found %+v, want %+v", got, lb)
+	if got.Token != lb.Token || got.Slot != lb.Slot || !got.AcquiredAt.Equal(lb.AcquiredAt) || got.ExpiresAt.IsZero() ||
+		got.Successor != "worker.2" || got.SuccessorBoot != reborn.Boot() {
+		t.Fatalf("reborn found %+v, want %+v claimed", got, lb)
 	}
 	if err := reborn.Release(ctx, got); err != nil {
 		t.Fatalf("reborn release: %v", err)
