@@ -78,6 +78,11 @@ type Config struct {
 	// replaces waits for the new dyno to claim it; also how long an empty
 	// Redis grants no new lease.
 	BootAllowance Duration `envconfig:"BOOT_ALLOWANCE" default:"2m"`
+
+	// Where the fleet coordinates (fleetstore.go): FLEET_STORE is auto,
+	// redis, postgres or none; DATABASE_URL is the app's PostgreSQL.
+	FleetStore  string `envconfig:"FLEET_STORE" default:"auto"`
+	DatabaseURL Secret `envconfig:"DATABASE_URL"`
 }
 
 // Error is one bad setting: the variable, what is wrong, and the accepted form.
@@ -128,7 +133,7 @@ func Load() (*Config, error) {
 			key = Prefix + "_" + name
 		}
 		value := pe.Value
-		if name == "REDIS_URL" || name == "REDIS_TLS_URL" || strings.HasPrefix(name, "HEROKU_API_") {
+		if name == "REDIS_URL" || name == "REDIS_TLS_URL" || name == "DATABASE_URL" || strings.HasPrefix(name, "HEROKU_API_") {
 			value = "" // never echo a secret back
 		}
 		problem := "invalid value"
@@ -240,6 +245,7 @@ func (c *Config) Validate() Errors {
 			add("PLATFORM", "heroku", "missing "+strings.Join(missing, ", "), "set these config vars, or PLATFORM=local")
 		}
 	}
+	errs = append(errs, c.validateFleetStore()...)
 	return errs
 }
 
@@ -332,6 +338,7 @@ func (c *Config) Print(w io.Writer) {
 	for _, r := range rows {
 		fmt.Fprintf(w, "%s=%s\n", r.k, r.v)
 	}
+	c.printFleetStore(w)
 }
 
 func orNone(s string) string {
