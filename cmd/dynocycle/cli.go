@@ -38,7 +38,7 @@ const usage = `dynocycle: restart bloated job workers gracefully, one dyno at a 
 usage:
   dynocycle run [--] COMMAND [ARGS...]   run COMMAND and watch its memory
   dynocycle run                          watch the whole dyno, act through the platform
-  dynocycle status [--json]              show the fleet (needs REDIS_URL)
+  dynocycle status [--json]              show the fleet (needs REDIS_URL or DATABASE_URL)
   dynocycle check                        validate the configuration and print it
   dynocycle version                      print the version
 
@@ -256,13 +256,16 @@ func (c *CLI) status(ctx context.Context, args []string, stdout, stderr io.Write
 		fmt.Fprintln(stderr, "dynocycle: configuration error:\n"+indent(err.Error()))
 		return exitConfig
 	}
-	if cfg.Redis() == "" {
-		fmt.Fprintln(stderr, "dynocycle status: REDIS_URL is not set; accepted: the Redis URL the agents use (a standalone agent has no fleet to show)")
+	if cfg.Redis() == "" && cfg.ResolveFleetStore() != config.FleetPostgres {
+		fmt.Fprintln(stderr, "dynocycle status: REDIS_URL is not set; accepted: the Redis URL the agents use, or DATABASE_URL for a fleet in PostgreSQL (a standalone agent has no fleet to show)")
 		return exitConfig
 	}
 	log := newLogger(cfg, stderr)
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
+	if cfg.ResolveFleetStore() == config.FleetPostgres {
+		return statusPostgres(ctx, cfg, asJSON, stdout, stderr, log) // fleetstore.go
+	}
 	client, err := connectRedis(ctx, cfg, cfg.ResolvePlatform(true) == config.PlatformHeroku, log)
 	if err != nil {
 		fmt.Fprintln(stderr, "dynocycle: configuration error:\n"+indent(err.Error()))

@@ -93,9 +93,24 @@ func (c *CLI) buildAgent(ctx context.Context, cfg *config.Config, proc *child.Pr
 			a.Runners = append(a.Runners, sw.Run)
 		}
 	}
-	if client == nil {
+	switch store := cfg.ResolveFleetStore(); {
+	case store == config.FleetPostgres: // fleetstore.go
+		fleet, err := newPostgresFleet(cfg, dyno, plat == config.PlatformHeroku, log)
+		if err != nil {
+			return nil, nil, err
+		}
+		a.Fleet = fleet
+		a.Runners = append(a.Runners, fleet.Run)
+		cleanup = func() {
+			fleet.Close()
+			if client != nil {
+				client.Close()
+			}
+		}
+		fleetKind = store
+	case client == nil || store == config.FleetNone:
 		a.Fleet = heartbeat.NewLocal(dyno, cfg.MaxConcurrentRestarts)
-	} else {
+	default:
 		fleet := heartbeat.NewRedis(client, heartbeat.RedisOptions{
 			App: appName(cfg), Dyno: dyno, Slots: cfg.MaxConcurrentRestarts, MinHealthyPeers: cfg.MinHealthyPeers,
 			LeaseTTL: leaseTTL(cfg), PresenceTTL: presenceTTL(cfg), BootAllowance: cfg.BootAllowance.D(),
