@@ -5,11 +5,13 @@ import (
 	"fmt"
 	"net/http"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/dynocycle/dynocycle/internal/dynosim"
+	"github.com/dynocycle/dynocycle/internal/fakeheroku"
 	"github.com/dynocycle/dynocycle/internal/testpg"
 )
 
@@ -28,8 +30,10 @@ func TestHerokuFleetOnPostgresCyclesOneAtATime(t *testing.T) {
 	}
 }
 
-func testPostgresFleetCycles(t *testing.T, fir bool) {
-	const n = 3
+// postgresFleet starts n bloating dynos under the built agent whose only
+// fleet store is a private PostgreSQL, restarted by the fake Platform API.
+func postgresFleet(t *testing.T, n int, fir bool) (*dynosim.Sim, *fakeheroku.Server, *testpg.Server, string) {
+	t.Helper()
 	pg := testpg.Start(t)
 	token := newToken(t)
 	sim, fake := dynosim.WithFake(dynosim.Config{
@@ -53,6 +57,12 @@ func testPostgresFleetCycles(t *testing.T, fir bool) {
 			t.Fatal(err)
 		}
 	}
+	return sim, fake, pg, token
+}
+
+func testPostgresFleetCycles(t *testing.T, fir bool) {
+	const n = 3
+	sim, fake, pg, token := postgresFleet(t, n, fir)
 
 	// The agents' sessions, sampled while the fleet cycles.
 	mostConns := 0
@@ -118,4 +128,65 @@ func testPostgresFleetCycles(t *testing.T, fir bool) {
 		t.Error("no agent logged fleet=postgres")
 	}
 	noToken(t, sim, token)
+}
+
+var drainStarted = regexp.MustCompile(`event=drain `)
+
+// The database goes away in the middle of a restart (a crash and recovery,
+// as in a Heroku Postgres maintenance or failover), and later every agent's
+// session is ended by pg_terminate_backend: the restart under way finishes,
+// the agents reconnect by themselves, every dyno is still cycled, never two
+// at once, and no dyno crashes.
+func TestPostgresFaultsDuringRestarts(t *testing.T) {
+	t.Parallel()
+	const n = 2
+	sim, fake, pg, _ := postgresFleet(t, n, false)
+	ctx := context.Background()
+	eventually(t, 2*time.Minute, "a dyno draining under the lease", func() bool {
+		return len(sim.Grep(drainStarted)) > 0
+	})
+	pg.Crash()
+	if err := pg.WaitDown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	pg.Restart()
+	terminated := 0
+	eventually(t, 4*time.Minute, "every dyno cycled and its reborn agent releasing the lease", func() bool {
+		// Once the first dyno is back, end every agent's session once.
+		if terminated == 0 && len(sim.Grep(leaseHandedBack)) > 0 {
+			if k, err := pg.Terminate(ctx, "dynocycle"); err == nil && k > 0 {
+				terminated = k
+			}
+		}
+		for dyno, n := range sim.Report().Restarts {
+			if n == 0 || !handedBack(sim, dyno) {
+				return false
+			}
+		}
+		return true
+	})
+	sim.Close()
+	report := sim.Report()
+	t.Logf("restarts %v, crashes %v, most at once %d, API calls %d, sessions terminated %d",
+		report.Restarts, report.Crashes, report.MaxConcurrent, len(fake.Calls()), terminated)
+	if err := report.Check(1); err != nil {
+		t.Error(err)
+	}
+	for dyno, n := range report.Crashes {
+		if n != 0 {
+			t.Errorf("%s crashed %d times", dyno, n)
+		}
+	}
+	if terminated == 0 {
+		t.Error("no agent session was terminated")
+	}
+	lost := 0
+	for _, l := range sim.Lines() {
+		if strings.Contains(l.Text, "event=pg_conn_lost") || strings.Contains(l.Text, "event=pg_unreachable") {
+			lost++
+		}
+	}
+	if lost == 0 {
+		t.Error("no agent noticed the database going away")
+	}
 }
