@@ -4,11 +4,15 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/dynocycle/dynocycle/internal/dynosim"
 	"github.com/dynocycle/dynocycle/internal/fakeheroku"
@@ -188,5 +192,139 @@ func TestPostgresFaultsDuringRestarts(t *testing.T) {
 	}
 	if lost == 0 {
 		t.Error("no agent noticed the database going away")
+	}
+}
+
+// buildPGWorker builds examples/pgworker next to the other binaries, once.
+var buildPGWorker = sync.OnceValue(func() error {
+	out, err := exec.Command("go", "build", "-o", bin+"/", "../examples/pgworker").CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("build pgworker: %v: %s", err, out)
+	}
+	return nil
+})
+
+// jobsTable is the queue of examples/pgworker, in the app's own schema.
+const jobsTable = `CREATE TABLE jobs (
+  id          bigserial PRIMARY KEY,
+  ms          integer NOT NULL,
+  claimed_by  text,
+  attempts    integer NOT NULL DEFAULT 0,
+  handed_back integer NOT NULL DEFAULT 0,
+  runs        integer NOT NULL DEFAULT 0,
+  done_by     text,
+  done_at     timestamptz
+)`
+
+var (
+	workerStopping = regexp.MustCompile(`^pgworker (\S+): stopping, job (\d+) has`)
+	workerHandBack = regexp.MustCompile(`^pgworker (\S+): job (\d+) handed back`)
+	workerJobDone  = regexp.MustCompile(`^pgworker (\S+): job (\d+) done`)
+)
+
+// Workers of a Postgres-backed queue that stop like Solid Queue and GoodJob
+// (no quiet signal; TERM: take no more jobs, finish or hand back the one in
+// flight, exit), on three bloating dynos coordinated through the same
+// PostgreSQL, with the recipe's settings (QUIET_SIGNAL=TERM). Every dyno is
+// restarted, never two at once, and no job is lost: each is done exactly
+// once, none is left claimed, and every job in flight at a stop was either
+// finished or handed back. Debian packages neither Solid Queue nor GoodJob,
+// so examples/pgworker plays them.
+func TestPostgresQueueWorkersLoseNoJob(t *testing.T) {
+	t.Parallel()
+	if err := buildPGWorker(); err != nil {
+		t.Fatal(err)
+	}
+	const dynos, jobs = 3, 120
+	pg := testpg.Start(t)
+	ctx := context.Background()
+	db, err := pgx.Connect(ctx, pg.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close(ctx)
+	if _, err := db.Exec(ctx, jobsTable); err != nil {
+		t.Fatal(err)
+	}
+	// Mostly short jobs, and every sixth one longer than the worker's
+	// shutdown timeout, so a stop mid-job likely hands it back. Enough of
+	// them to keep the workers busy past the first restarts (a new app's
+	// fleet grants its first lease after the settle time, 15 s here).
+	if _, err := db.Exec(ctx, `INSERT INTO jobs (ms) SELECT CASE WHEN i % 6 = 0 THEN 3000 ELSE 300 END FROM generate_series(1, $1) i`, jobs); err != nil {
+		t.Fatal(err)
+	}
+	token := newToken(t)
+	env := append(append([]string{}, bloatingDyno...),
+		"DATABASE_URL="+pg.URL(), "QUIET_SIGNAL=TERM", "BLOAT_MB=3", "SHUTDOWN_TIMEOUT_MS=500")
+	sim, fake := dynosim.WithFake(dynosim.Config{
+		Agent: filepath.Join(bin, "dynocycle"), App: herokuApp, Token: token, Env: env,
+		Grace: 10 * time.Second, CrashDelay: 500 * time.Millisecond,
+	})
+	t.Cleanup(func() {
+		sim.Close()
+		fake.Close()
+		if t.Failed() {
+			dumpLines(t, sim)
+		}
+	})
+	for i := 1; i <= dynos; i++ {
+		if err := sim.Start(fmt.Sprintf("worker.%d", i), []string{filepath.Join(bin, "pgworker")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, 5*time.Minute, "every job done and every dyno restarted", func() bool {
+		var left int
+		if err := db.QueryRow(ctx, "SELECT count(*) FROM jobs WHERE done_at IS NULL").Scan(&left); err != nil || left > 0 {
+			return false
+		}
+		for dyno, n := range sim.Report().Restarts {
+			if n == 0 || !handedBack(sim, dyno) {
+				return false
+			}
+		}
+		return true
+	})
+	sim.Close()
+	report := sim.Report()
+	if err := report.Check(1); err != nil {
+		t.Error(err)
+	}
+	for dyno, n := range report.Crashes {
+		if n != 0 {
+			t.Errorf("%s crashed %d times", dyno, n)
+		}
+	}
+	var done, twice, claimed, handedBackJobs int
+	err = db.QueryRow(ctx, `SELECT count(*) FILTER (WHERE done_at IS NOT NULL), count(*) FILTER (WHERE runs <> 1),
+		count(*) FILTER (WHERE claimed_by IS NOT NULL AND done_at IS NULL), coalesce(sum(handed_back), 0) FROM jobs`).
+		Scan(&done, &twice, &claimed, &handedBackJobs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("restarts %v, jobs done %d of %d, handed back %d times", report.Restarts, done, jobs, handedBackJobs)
+	if done != jobs || twice != 0 || claimed != 0 {
+		t.Errorf("jobs: %d done of %d, %d not run exactly once, %d left claimed", done, jobs, twice, claimed)
+	}
+	// Every job in flight when its worker was stopped was finished or handed back.
+	type inFlight struct{ worker, job string }
+	stopping := map[inFlight]bool{}
+	for _, l := range sim.Lines() {
+		if m := workerStopping.FindStringSubmatch(l.Text); m != nil {
+			stopping[inFlight{m[1], m[2]}] = true
+		}
+		for _, re := range []*regexp.Regexp{workerHandBack, workerJobDone} {
+			if m := re.FindStringSubmatch(l.Text); m != nil {
+				delete(stopping, inFlight{m[1], m[2]})
+			}
+		}
+	}
+	for f := range stopping {
+		t.Errorf("worker %s stopped with job %s neither finished nor handed back", f.worker, f.job)
+	}
+	// The worker had all the time it asked for: no KILL from dynocycle or the platform.
+	for _, st := range sim.Stops() {
+		if st.Killed {
+			t.Errorf("%s[%d] was killed on stop", st.Dyno, st.Gen)
+		}
 	}
 }
