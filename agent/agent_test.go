@@ -122,6 +122,13 @@ type fakeFleet struct {
 	mu            sync.Mutex
 	renewals      int
 	renewFailures int
+	byState       map[string]int // renewals by the last state published
+}
+
+func (f *fakeFleet) renewedIn(state string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.byState[state]
 }
 
 func (f *fakeFleet) Held(ctx context.Context) (heartbeat.Lease, bool, error) {
@@ -145,9 +152,14 @@ func (f *fakeFleet) Acquire(ctx context.Context) (heartbeat.Lease, error) {
 }
 
 func (f *fakeFleet) Renew(ctx context.Context, l heartbeat.Lease) error {
+	state := f.Local.Presence().State
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.renewals++
+	if f.byState == nil {
+		f.byState = map[string]int{}
+	}
+	f.byState[state]++
 	if f.renewErr != nil || (f.renewOKFor > 0 && f.renewals > f.renewOKFor) {
 		f.renewFailures++
 		return errors.Join(f.renewErr, errors.New("redis: connection refused"))
@@ -204,6 +216,8 @@ type fakeChild struct {
 	exited  chan *child.ExitError
 	code    int
 	running bool // what Running reports once the agent ends
+	// onTerminate runs inside Terminate.
+	onTerminate func()
 }
 
 func newFakeChild(rec *recorder) *fakeChild {
@@ -228,6 +242,9 @@ func (c *fakeChild) Running() bool {
 }
 func (c *fakeChild) Terminate(_ context.Context, sig syscall.Signal) (*child.ExitError, error) {
 	c.rec.add("terminate:" + sig.String())
+	if c.onTerminate != nil {
+		c.onTerminate() // the worker takes its time to stop
+	}
 	return &child.ExitError{Code: c.code}, nil
 }
 func (c *fakeChild) Stop(context.Context) (*child.ExitError, error) {
@@ -709,5 +726,34 @@ func TestNoExitOfTheAgentLeavesItsLeaseHeld(t *testing.T) {
 	lease, held, _ := h.fleet.Local.Held(ctx)
 	if !held || !lease.HandedOver() || h.rec.count("release") != 0 {
 		t.Fatalf("after a failed platform restart: lease %+v held %v, events %v; want it handed over", lease, held, h.rec.list())
+	}
+}
+
+// Renewed at every step: while quieting and draining, while the platform
+// is asked, while the agent awaits the TERM, and after it until the worker
+// has stopped (Redis may lose its data at any of them).
+func TestTheLeaseIsRenewedAtEveryStep(t *testing.T) {
+	h := newHarness(t, 600*mb)
+	h.restarter.next = AwaitTermination
+	h.agent.Settings.TerminationWait = time.Minute
+	h.agent.Settings.GraceTime = time.Minute
+	h.agent.Worker.(*fakeWorker).drained = func() bool { return h.fleet.renewedIn(heartbeat.StateDraining) >= 3 }
+	h.restarter.onRestart = func() {
+		eventually(t, "renewals while the platform is asked", func() bool { return h.fleet.renewedIn(heartbeat.StateRestarting) >= 3 })
+	}
+	var afterTerm int
+	h.child.onTerminate = func() {
+		start := h.fleet.renewCount()
+		eventually(t, "renewals while the worker stops after TERM", func() bool { return h.fleet.renewCount() >= start+3 })
+		afterTerm = h.fleet.renewCount() - start
+	}
+	h.start()
+	eventually(t, "the API restart", func() bool { return h.rec.count("restart:max_rss") == 1 })
+	before := h.fleet.renewCount()
+	eventually(t, "renewals while awaiting TERM", func() bool { return h.fleet.renewCount() >= before+3 })
+	h.signals <- syscall.SIGTERM
+	h.wait(t)
+	if afterTerm < 3 {
+		t.Errorf("%d renewals after TERM", afterTerm)
 	}
 }
