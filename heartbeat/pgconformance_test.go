@@ -34,6 +34,16 @@ func (s *pgStore) Join(t *testing.T, dyno string) fleettest.Fleet {
 		Now: s.opts.Now, Logger: slog.New(slog.DiscardHandler),
 	})
 	t.Cleanup(func() { _ = f.Close() })
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = f.Run(ctx)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
 	return f
 }
 

@@ -24,7 +24,7 @@ func TestPGRestartDuringDrain(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	freed := b.SlotFreed()
+	freed := listen(t, b)
 	waitSignal(t, freed, 10*time.Second, "b listening")
 
 	srv.Crash()
@@ -82,7 +82,7 @@ func TestPGTerminatedConnection(t *testing.T) {
 	var logs logBuffer
 	a := newPG(t, srv, PostgresOptions{Dyno: "worker.1", Settle: -1, Logger: newLogger(&logs)})
 	b := newPG(t, srv, PostgresOptions{Dyno: "worker.2", Settle: -1})
-	freed := a.SlotFreed()
+	freed := listen(t, a)
 	waitSignal(t, freed, 10*time.Second, "a listening")
 	la, err := a.Acquire(ctx)
 	if err != nil {
@@ -168,7 +168,7 @@ func TestPGOneConnectionPerAgent(t *testing.T) {
 	ctx := context.Background()
 	a := newPG(t, srv, PostgresOptions{Dyno: "worker.1", Settle: -1})
 	b := newPG(t, srv, PostgresOptions{Dyno: "worker.2", Settle: -1})
-	freedA, freedB := a.SlotFreed(), b.SlotFreed()
+	freedA, freedB := listen(t, a), listen(t, b)
 	waitSignal(t, freedA, 10*time.Second, "a listening")
 	waitSignal(t, freedB, 10*time.Second, "b listening")
 	count := func(dyno string) int {
@@ -211,7 +211,7 @@ func TestPGListenerYieldsAtOnce(t *testing.T) {
 	srv := testpg.Start(t)
 	ctx := context.Background()
 	a := newPG(t, srv, PostgresOptions{Dyno: "worker.1", Settle: -1})
-	waitSignal(t, a.SlotFreed(), 10*time.Second, "listening")
+	waitSignal(t, listen(t, a), 10*time.Second, "listening")
 	start := time.Now()
 	const n = 50
 	for range n {
@@ -311,7 +311,7 @@ func TestPostgresConfig(t *testing.T) {
 	})
 }
 
-// Run starts the listener, and ending its context stops it and closes the
+// Run keeps the listener until its context ends; Close then ends the
 // connection.
 func TestPGRun(t *testing.T) {
 	srv := testpg.Start(t)
@@ -337,6 +337,13 @@ func TestPGRun(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("Run did not return after cancel")
+	}
+	// The fleet still answers after Run, on the same connection.
+	if _, err := holder.Acquire(context.Background()); err != nil {
+		t.Fatalf("acquire after Run ended: %v", err)
+	}
+	if err := waiter.Close(); err != nil {
+		t.Fatal(err)
 	}
 	eventually(t, 10*time.Second, "connection closed", func() bool {
 		n, err := srv.Connections(context.Background(), "dynocycle-worker.1")

@@ -171,7 +171,8 @@ func (l *pgLink) dropLocked(why error) {
 }
 
 // listenLoop keeps a LISTEN on the connection and passes notifications on
-// until ctx ends, taking turns with statements (see pgLink).
+// until ctx ends or the link is closed, taking turns with statements (see
+// pgLink). LISTEN stays on for the connection's life once asked for.
 func (l *pgLink) listenLoop(ctx context.Context) {
 	const minWait, maxWait = 50 * time.Millisecond, 2 * time.Second
 	backoff := minWait
@@ -195,6 +196,14 @@ func (l *pgLink) listenLoop(ctx context.Context) {
 
 		err := l.waitLocked(wctx)
 		timedOut := errors.Is(wctx.Err(), context.DeadlineExceeded)
+		if errors.Is(err, errLinkClosed) {
+			cancel()
+			l.turn.Lock()
+			l.turn.cancel = nil
+			l.turn.Unlock()
+			l.mu.Unlock()
+			return
+		}
 
 		l.turn.Lock()
 		l.turn.cancel = nil

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -69,11 +68,6 @@ type Postgres struct {
 	offset atomic.Int64
 
 	freed chan struct{}
-
-	mu      sync.Mutex
-	running bool
-	stop    context.CancelFunc
-	done    chan struct{}
 }
 
 // PostgresOptions configures a Postgres fleet. The fields mean what they
@@ -738,49 +732,21 @@ func (p *Postgres) isHolder(l Lease) bool { return l.Holder == p.dyno && l.Holde
 
 // SlotFreed is signalled when a slot may have been freed: another dyno
 // released one, or the LISTEN was (re)established and a release may have
-// been missed. The first call starts the listener (see Run).
-func (p *Postgres) SlotFreed() <-chan struct{} {
-	p.start()
-	return p.freed
-}
+// been missed. Only while Run runs.
+func (p *Postgres) SlotFreed() <-chan struct{} { return p.freed }
 
-// Run starts the listener now rather than at the first SlotFreed call and
-// stops it when ctx ends; it returns nil then, after closing the connection.
+// Run keeps a LISTEN for freed slots on the fleet's connection until ctx
+// ends, taking turns with the fleet's statements, and returns nil then. Run
+// it once, beside the agent; without it the fleet works but nobody is woken.
 func (p *Postgres) Run(ctx context.Context) error {
-	p.start()
-	<-ctx.Done()
-	return p.Close()
-}
-
-// Close stops the listener, waits for it, and closes the connection.
-func (p *Postgres) Close() error {
-	p.mu.Lock()
-	p.running = true // no start after Close
-	stop, done := p.stop, p.done
-	p.stop = nil
-	p.mu.Unlock()
-	if stop != nil {
-		stop()
-		<-done
-	}
-	p.link.close()
+	p.link.listenLoop(ctx)
 	return nil
 }
 
-func (p *Postgres) start() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.running {
-		return
-	}
-	p.running = true
-	ctx, cancel := context.WithCancel(context.Background())
-	p.stop = cancel
-	p.done = make(chan struct{})
-	go func() {
-		defer close(p.done)
-		p.link.listenLoop(ctx)
-	}()
+// Close ends the fleet's connection, once Run and every call have ended.
+func (p *Postgres) Close() error {
+	p.link.close()
+	return nil
 }
 
 func (p *Postgres) notify() {

@@ -41,6 +41,22 @@ func newPG(t testing.TB, srv *testpg.Server, opts PostgresOptions) *Postgres {
 	return f
 }
 
+// listen runs f's listener for the test and returns its wake-ups.
+func listen(t testing.TB, f *Postgres) <-chan struct{} {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = f.Run(ctx)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	return f.SlotFreed()
+}
+
 func adminConn(t testing.TB, srv *testpg.Server) *pgx.Conn {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -193,7 +209,7 @@ func TestPGExpiredHolderAndRebornDyno(t *testing.T) {
 		t.Fatalf("stale holder Held = %v, %v; want false", held, err)
 	}
 
-	freed := waiter.SlotFreed()
+	freed := listen(t, waiter)
 	waitSignal(t, freed, 10*time.Second, "listening")
 
 	// worker.2 restarts: a new process under the same name. The name alone
@@ -488,6 +504,7 @@ func runPGFleet(t *testing.T, srv *testpg.Server, n, slots, peers int) []interva
 		if err := fleets[i].Publish(ctx, Presence{State: StateWanting}); err != nil {
 			t.Fatal(err)
 		}
+		listen(t, fleets[i])
 	}
 	var mu sync.Mutex
 	var got []interval
@@ -510,7 +527,7 @@ func runPGFleet(t *testing.T, srv *testpg.Server, n, slots, peers int) []interva
 
 // restartOnceWith is restartOnce for any fleet.
 func restartOnceWith(ctx context.Context, f fleet, dyno string) (interval, error) {
-	freed := f.SlotFreed()
+	freed := f.SlotFreed() // listened to by runPGFleet
 	for {
 		if err := f.Publish(ctx, Presence{State: StateWanting}); err != nil {
 			return interval{}, err
