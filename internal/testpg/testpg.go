@@ -138,6 +138,15 @@ func (s *Server) url(role, password, db string) string {
 	return u.String()
 }
 
+// PID is the postmaster's process id, 0 while the server is stopped; its
+// children are the sessions' backends.
+func (s *Server) PID() int {
+	if s.cmd == nil {
+		return 0
+	}
+	return s.cmd.Process.Pid
+}
+
 // Addr is host:port of the server.
 func (s *Server) Addr() string { return "127.0.0.1:" + strconv.Itoa(s.Port) }
 
