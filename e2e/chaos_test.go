@@ -98,3 +98,52 @@ func requireOnPath(t *testing.T, name string) {
 		t.Fatalf("%s not found: run `make test`, which installs it: %v", name, err)
 	}
 }
+
+// The small chaos run with the fleet in PostgreSQL (FLEET_STORE=postgres;
+// Sidekiq's jobs stay in Redis), with PostgreSQL crashed and started again
+// among the faults: the same invariants hold.
+func TestChaosSmallFleetOnPostgres(t *testing.T) {
+	requireOnPath(t, "sidekiq")
+	requireOnPath(t, "redis-server")
+	root, err := filepath.Abs("..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	logPath := filepath.Join(t.TempDir(), "fleet.log")
+	fleetLog, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fleetLog.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 9*time.Minute)
+	defer cancel()
+	res, err := harness.Run(ctx, harness.Config{
+		Root: root, Agent: filepath.Join(bin, "dynocycle"), Dir: t.TempDir(),
+		Dynos: 3, Duration: 90 * time.Second, Seed: 6, Slots: 1, Faults: 5,
+		MaxRSSMB: 100, JobMB: 4, JobsPerSec: 1.5, Grace: 20 * time.Second,
+		Store: harness.StorePostgres, Log: testWriter{t}, FleetLog: fleetLog,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("summary:\n%s", res.Summary())
+	for _, b := range res.Broken {
+		t.Error(b)
+	}
+	kinds := map[string]bool{}
+	for _, f := range res.Faults {
+		kinds[f.Kind] = true
+	}
+	for _, k := range []string{harness.FaultKillAgent, harness.FaultRedisDown, harness.FaultDBDown, harness.FaultAPI429, harness.FaultAPI500} {
+		if !kinds[k] {
+			t.Errorf("fault %s was not injected", k)
+		}
+	}
+	if len(res.Cycles) == 0 {
+		t.Error("no restart completed")
+	}
+	if t.Failed() {
+		b, _ := os.ReadFile(logPath)
+		t.Logf("fleet log:\n%s", b)
+	}
+}

@@ -80,45 +80,79 @@ func Start(t testing.TB, opts ...Options) *Server {
 	if len(opts) > 0 {
 		o = opts[0]
 	}
+	s, err := Launch(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.t = t
+	t.Cleanup(s.Close)
+	return s
+}
+
+// Launch runs a server on a free port for a program that is not a test (a
+// benchmark harness); Close stops it and removes its data.
+func Launch(o Options) (*Server, error) {
 	if o.MaxConnections == 0 {
 		o.MaxConnections = 100
 	}
 	bin, err := binDir()
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	cred, err := credential()
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	tmpl, err := template(bin, cred)
 	if err != nil {
-		t.Fatalf("testpg template: %v", err)
+		return nil, fmt.Errorf("testpg template: %w", err)
 	}
 	root, err := os.MkdirTemp("", "testpg-")
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
-	t.Cleanup(func() { _ = os.RemoveAll(root) })
-	s := &Server{Dir: filepath.Join(root, "data"), opts: o, t: t, bin: bin, cred: cred}
+	s := &Server{Dir: filepath.Join(root, "data"), opts: o, bin: bin, cred: cred}
+	fail := func(err error) (*Server, error) {
+		_ = os.RemoveAll(root)
+		return nil, err
+	}
 	if err := copyTree(tmpl, s.Dir, cred); err != nil {
-		t.Fatalf("testpg: copy template: %v", err)
+		return fail(fmt.Errorf("testpg: copy template: %w", err))
 	}
 	if cred != nil {
 		// The data directory's parent must be reachable by the server's user.
 		if err := os.Chown(root, int(cred.Uid), int(cred.Gid)); err != nil {
-			t.Fatal(err)
+			return fail(err)
 		}
 	}
 	if o.TLS {
 		if err := writeCert(s.Dir, cred); err != nil {
-			t.Fatalf("testpg: certificate: %v", err)
+			return fail(fmt.Errorf("testpg: certificate: %w", err))
 		}
 	}
-	s.Port = freePort(t)
-	s.Restart()
-	t.Cleanup(s.Stop)
-	return s
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return fail(err)
+	}
+	s.Port = l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	if err := s.start(); err != nil {
+		return fail(fmt.Errorf("testpg: %w", err))
+	}
+	return s, nil
+}
+
+// Close stops the server and removes its data.
+func (s *Server) Close() {
+	s.Stop()
+	_ = os.RemoveAll(filepath.Dir(s.Dir))
+}
+
+// Up starts a stopped server again on the same port with the data it has;
+// Restart is the same for tests.
+func (s *Server) Up() error {
+	s.Stop()
+	return s.start()
 }
 
 // URL is the app role's URL of the app database, like Heroku's DATABASE_URL
@@ -200,11 +234,11 @@ func (s *Server) signal(sig syscall.Signal) {
 	s.cmd = nil
 }
 
-// Restart starts the server (again) on the same port with the data it has.
+// Restart starts the server (again) on the same port with the data it
+// has, failing the test if it cannot.
 func (s *Server) Restart() {
 	s.t.Helper()
-	s.Stop()
-	if err := s.start(); err != nil {
+	if err := s.Up(); err != nil {
 		s.t.Fatalf("testpg: %v", err)
 	}
 }
@@ -513,14 +547,4 @@ func writeCert(dir string, cred *syscall.Credential) error {
 		return err
 	}
 	return writeOwned(filepath.Join(dir, "server.key"), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600, cred)
-}
-
-func freePort(t testing.TB) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("free port: %v", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }

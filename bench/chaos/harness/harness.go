@@ -51,6 +51,9 @@ type Config struct {
 	// warm-up; at least one of each kind when >= 4. Default: one a minute, at least 4.
 	Faults int
 	Grace  time.Duration // the dyno manager's SIGTERM to SIGKILL; default 30s, as on Heroku
+	// Store is where the agents coordinate: StoreRedis (default, the jobs'
+	// Redis) or StorePostgres (a private PostgreSQL, postgres.go).
+	Store string
 
 	Log      io.Writer // progress; nil: none
 	FleetLog io.Writer // every line of every dyno; nil: none
@@ -73,6 +76,9 @@ func (c *Config) defaults() {
 	}
 	if c.Slots <= 0 {
 		c.Slots = 1
+	}
+	if c.Store == "" {
+		c.Store = StoreRedis
 	}
 	if c.MaxRSSMB <= 0 {
 		c.MaxRSSMB = 110
@@ -179,6 +185,11 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		return nil, err
 	}
 	defer rs.kill()
+	db, dbEnv, err := startFleetDB(cfg) // postgres.go
+	if err != nil {
+		return nil, err
+	}
+	defer db.close()
 	client := redis.NewClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", rs.port),
 		DialTimeout: time.Second, ReadTimeout: 2 * time.Second, WriteTimeout: 2 * time.Second, MaxRetries: -1})
 	defer client.Close()
@@ -187,7 +198,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	sim, fake := dynosim.WithFake(dynosim.Config{
 		Agent: cfg.Agent, App: "dynocycle-chaos", Token: token, RedisURL: rs.url(),
 		Grace: cfg.Grace, CrashDelay: time.Second, Log: cfg.FleetLog,
-		Env: []string{
+		Env: append([]string{
 			"PLATFORM=heroku", "WORKER=sidekiq", "MEMORY_SOURCE=tree",
 			fmt.Sprintf("MAX_RSS=%dMB", cfg.MaxRSSMB), "CHECK_SCHEDULE=@every 2s", "SUSTAIN_CHECKS=2",
 			"MIN_UPTIME=" + minUptime.String(), "GRACE_TIME=" + graceTime.String(),
@@ -196,7 +207,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 			// New dynos claim a hand-over within seconds here; an empty
 			// Redis settles for the boot allowance.
 			"BOOT_ALLOWANCE=15s",
-		},
+		}, dbEnv...),
 	})
 	defer fake.Close()
 	defer sim.Close()
@@ -236,7 +247,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		res.Faults = inject(loadCtx, cfg, rng, schedule(cfg, rng), sim, fake, rs)
+		res.Faults = inject(loadCtx, cfg, rng, schedule(cfg, rng), sim, fake, rs, db)
 	}()
 	wg.Wait()
 	res.LoadEnd = time.Now()
@@ -272,6 +283,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		return res, err
 	}
 	check(res, sim.Report(), token)
+	checkStore(res) // postgres.go
 	return res, nil
 }
 
@@ -375,7 +387,7 @@ type planned struct {
 // seeded kind, jitter and length; each kind at least once when there are
 // four or more. Faults never overlap, so each one's effect can be read alone.
 func schedule(cfg Config, rng *mrand.Rand) []planned {
-	kinds := []string{FaultKillAgent, FaultRedisDown, FaultAPI429, FaultAPI500}
+	kinds := faultKinds(cfg)
 	var seq []string
 	for len(seq) < cfg.Faults {
 		perm := slices.Clone(kinds)
@@ -388,7 +400,7 @@ func schedule(cfg Config, rng *mrand.Rand) []planned {
 	var out []planned
 	for i, kind := range seq {
 		var span time.Duration
-		if kind == FaultRedisDown {
+		if kind == FaultRedisDown || kind == FaultDBDown {
 			span = min(8*time.Second, slot/2)
 		}
 		jitter := time.Duration(rng.Int64N(int64(slot/4) + 1))
@@ -399,7 +411,7 @@ func schedule(cfg Config, rng *mrand.Rand) []planned {
 
 // inject carries the schedule out until ctx ends; a fault under way is
 // always healed (Redis up again, the API answering 202).
-func inject(ctx context.Context, cfg Config, rng *mrand.Rand, plan []planned, sim *dynosim.Sim, fake *fakeheroku.Server, rs *redisServer) []Fault {
+func inject(ctx context.Context, cfg Config, rng *mrand.Rand, plan []planned, sim *dynosim.Sim, fake *fakeheroku.Server, rs *redisServer, db *fleetDB) []Fault {
 	start := time.Now()
 	var out []Fault
 	for _, p := range plan {
@@ -418,13 +430,15 @@ func inject(ctx context.Context, cfg Config, rng *mrand.Rand, plan []planned, si
 			}
 		case FaultRedisDown:
 			rs.kill()
+		case FaultDBDown:
+			db.crash()
 		case FaultAPI429:
 			fake.QueueStatus(slices.Repeat([]int{http.StatusTooManyRequests}, api429Calls)...)
 		case FaultAPI500:
 			fake.QueueStatus(slices.Repeat([]int{http.StatusInternalServerError}, api500Calls)...)
 		}
 		cfg.logf("fault %s %s", p.kind, f.Dyno)
-		if p.kind == FaultRedisDown {
+		if p.kind == FaultRedisDown || p.kind == FaultDBDown {
 			select {
 			case <-ctx.Done():
 			case <-time.After(p.span):
@@ -433,6 +447,11 @@ func inject(ctx context.Context, cfg Config, rng *mrand.Rand, plan []planned, si
 		if p.kind == FaultRedisDown {
 			if err := rs.start(); err != nil {
 				cfg.logf("redis-server did not come back: %v", err)
+			}
+		}
+		if p.kind == FaultDBDown {
+			if err := db.up(); err != nil {
+				cfg.logf("postgres did not come back: %v", err)
 			}
 		}
 		f.End = time.Now()

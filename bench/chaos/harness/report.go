@@ -49,8 +49,8 @@ func (r *Result) Summary() string {
 	if !r.OK() {
 		verdict = fmt.Sprintf("%d invariant(s) broken", len(r.Broken))
 	}
-	p("%s: %d dynos, %v of load (%s to the end of the run), seed %d, MAX_CONCURRENT_RESTARTS=%d, MAX_RSS=%dMB, %.2f jobs/s of %dMB.",
-		verdict, cfg.Dynos, cfg.Duration, r.End.Sub(r.Start).Round(time.Second), cfg.Seed, cfg.Slots, cfg.MaxRSSMB, cfg.JobsPerSec, cfg.JobMB)
+	p("%s: %d dynos, %v of load (%s to the end of the run), seed %d, MAX_CONCURRENT_RESTARTS=%d, MAX_RSS=%dMB, %.2f jobs/s of %dMB, fleet store %s.",
+		verdict, cfg.Dynos, cfg.Duration, r.End.Sub(r.Start).Round(time.Second), cfg.Seed, cfg.Slots, cfg.MaxRSSMB, cfg.JobsPerSec, cfg.JobMB, cfg.Store)
 	p("")
 	p("| invariant | result |")
 	p("|---|---|")

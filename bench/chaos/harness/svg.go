@@ -17,6 +17,7 @@ var palette = []string{"#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#
 
 var faultStyle = map[string]struct{ fill, label string }{
 	FaultRedisDown: {"#d62728", "redis down"},
+	FaultDBDown:    {"#8c564b", "postgres down"},
 	FaultAPI429:    {"#ff7f0e", "API 429"},
 	FaultAPI500:    {"#9467bd", "API 500"},
 }
