@@ -80,7 +80,11 @@ func (l *pgLink) do(ctx context.Context, fn func(ctx context.Context, c *pgx.Con
 	}
 	err = fn(ctx, c)
 	if c.IsClosed() {
-		l.dropLocked(err)
+		why := err
+		if ctx.Err() != nil {
+			why = nil // pgx closes a connection whose call was cancelled: not a fault
+		}
+		l.dropLocked(why)
 	}
 	return err
 }
@@ -121,12 +125,12 @@ func (l *pgLink) connLocked(ctx context.Context) (*pgx.Conn, error) {
 		c, err := pgx.ConnectConfig(dctx, l.cfg)
 		cancel()
 		if err != nil {
-			return nil, l.failLocked(fmt.Errorf("connect: %w", err))
+			return nil, l.failLocked(ctx, fmt.Errorf("connect: %w", err))
 		}
 		if l.onConnect != nil {
 			if err := l.onConnect(ctx, c); err != nil {
 				_ = c.Close(context.Background())
-				return nil, l.failLocked(err)
+				return nil, l.failLocked(ctx, err)
 			}
 		}
 		l.conn, l.listening = c, false
@@ -140,7 +144,7 @@ func (l *pgLink) connLocked(ctx context.Context) (*pgx.Conn, error) {
 			if l.conn.IsClosed() {
 				l.dropLocked(err)
 			}
-			return nil, l.failLocked(fmt.Errorf("listen: %w", err))
+			return nil, l.failLocked(ctx, fmt.Errorf("listen: %w", err))
 		}
 		l.listening = true
 		if l.onListen != nil {
@@ -150,8 +154,10 @@ func (l *pgLink) connLocked(ctx context.Context) (*pgx.Conn, error) {
 	return l.conn, nil
 }
 
-func (l *pgLink) failLocked(err error) error {
-	if !l.down {
+func (l *pgLink) failLocked(ctx context.Context, err error) error {
+	// A dial cut short by the caller (a statement's turn, the end of Run)
+	// says nothing about the database.
+	if !l.down && ctx.Err() == nil {
 		l.log.Warn("postgres unreachable, will retry", "event", "pg_unreachable", "err", err.Error())
 		l.down = true
 	}
