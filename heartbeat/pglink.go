@@ -120,17 +120,23 @@ func (l *pgLink) connLocked(ctx context.Context) (*pgx.Conn, error) {
 	if l.conn != nil && l.conn.IsClosed() {
 		l.dropLocked(errors.New("connection closed"))
 	}
+	// Statements wait on l.mu without a deadline of their own: whatever
+	// runs here under it is bounded. A failure is logged unless the
+	// caller's own context ended it.
+	caller := ctx
+	ctx, cancel := context.WithTimeout(ctx, pgCallTimeout)
+	defer cancel()
 	if l.conn == nil {
 		dctx, cancel := context.WithTimeout(ctx, pgDialTimeout+time.Second)
 		c, err := pgx.ConnectConfig(dctx, l.cfg)
 		cancel()
 		if err != nil {
-			return nil, l.failLocked(ctx, fmt.Errorf("connect: %w", err))
+			return nil, l.failLocked(caller, fmt.Errorf("connect: %w", err))
 		}
 		if l.onConnect != nil {
 			if err := l.onConnect(ctx, c); err != nil {
 				_ = c.Close(context.Background())
-				return nil, l.failLocked(ctx, err)
+				return nil, l.failLocked(caller, err)
 			}
 		}
 		l.conn, l.listening = c, false
@@ -144,7 +150,7 @@ func (l *pgLink) connLocked(ctx context.Context) (*pgx.Conn, error) {
 			if l.conn.IsClosed() {
 				l.dropLocked(err)
 			}
-			return nil, l.failLocked(ctx, fmt.Errorf("listen: %w", err))
+			return nil, l.failLocked(caller, fmt.Errorf("listen: %w", err))
 		}
 		l.listening = true
 		if l.onListen != nil {
@@ -200,7 +206,7 @@ func (l *pgLink) listenLoop(ctx context.Context) {
 		l.turn.cancel = cancel
 		l.turn.Unlock()
 
-		err := l.waitLocked(wctx)
+		err := l.waitLocked(ctx, wctx)
 		timedOut := errors.Is(wctx.Err(), context.DeadlineExceeded)
 		if errors.Is(err, errLinkClosed) {
 			cancel()
@@ -238,17 +244,20 @@ func (l *pgLink) listenLoop(ctx context.Context) {
 	}
 }
 
-// waitLocked waits on the connection for notifications until ctx ends. It
-// returns an error only when the connection cannot be had or broke; the end
-// of ctx (a statement's turn, or the ping interval) is not one.
-func (l *pgLink) waitLocked(ctx context.Context) error {
-	c, err := l.connLocked(ctx)
+// waitLocked waits on the connection for notifications until wait ends.
+// It returns an error only when the connection cannot be had or broke; the
+// end of wait (a statement's turn, or the ping interval) is not one. A dial
+// runs to its end under run alone: a statement that wants the connection
+// needs that dial too.
+func (l *pgLink) waitLocked(run, wait context.Context) error {
+	c, err := l.connLocked(run)
 	if err != nil {
-		if ctx.Err() != nil {
+		if run.Err() != nil {
 			return nil
 		}
 		return err
 	}
+	ctx := wait
 	for {
 		n, err := c.WaitForNotification(ctx)
 		if n != nil && l.onNotify != nil {
