@@ -387,14 +387,14 @@ type planned struct {
 // seeded kind, jitter and length; each kind at least once when there are
 // four or more. Faults never overlap, so each one's effect can be read alone.
 func schedule(cfg Config, rng *mrand.Rand) []planned {
-	kinds := faultKinds(cfg)
+	kinds := []string{FaultKillAgent, FaultRedisDown, FaultAPI429, FaultAPI500}
 	var seq []string
 	for len(seq) < cfg.Faults {
 		perm := slices.Clone(kinds)
 		rng.Shuffle(len(perm), func(i, j int) { perm[i], perm[j] = perm[j], perm[i] })
 		seq = append(seq, perm...)
 	}
-	seq = seq[:cfg.Faults]
+	seq = storeOutages(cfg, seq[:cfg.Faults]) // postgres.go
 	warm := min(30*time.Second, cfg.Duration/3)
 	slot := (cfg.Duration - warm) / time.Duration(cfg.Faults)
 	var out []planned

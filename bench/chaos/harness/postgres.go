@@ -2,7 +2,6 @@ package harness
 
 import (
 	"fmt"
-	"slices"
 	"strings"
 
 	"github.com/dynocycle/dynocycle/internal/testpg"
@@ -46,13 +45,24 @@ func (d *fleetDB) crash() { d.srv.Crash() }
 
 func (d *fleetDB) up() error { return d.srv.Up() }
 
-// faultKinds are the kinds a run's schedule draws from.
-func faultKinds(cfg Config) []string {
-	kinds := []string{FaultKillAgent, FaultRedisDown, FaultAPI429, FaultAPI500}
-	if cfg.Store == StorePostgres {
-		kinds = slices.Insert(kinds, 2, FaultDBDown)
+// storeOutages makes every other outage of the schedule (the first, the
+// third, ...) one of the fleet's PostgreSQL rather than of Redis when the
+// run coordinates through PostgreSQL, so that one seed gives the same
+// schedule with either store and the runs compare.
+func storeOutages(cfg Config, seq []string) []string {
+	if cfg.Store != StorePostgres {
+		return seq
 	}
-	return kinds
+	n := 0
+	for i, k := range seq {
+		if k == FaultRedisDown {
+			if n%2 == 0 {
+				seq[i] = FaultDBDown
+			}
+			n++
+		}
+	}
+	return seq
 }
 
 // checkStore breaks the run when an agent coordinated anywhere but the
