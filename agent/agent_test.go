@@ -82,15 +82,15 @@ func (m *fakeMeter) set(rss uint64) {
 	m.rss = rss
 }
 
-type fakeWorker struct {
+type fakeQuieter struct {
 	rec      *recorder
 	drainErr error
 	// drained, when set, is polled until true before Drain returns.
 	drained func() bool
 }
 
-func (w *fakeWorker) Quiet(context.Context) error { w.rec.add("quiet"); return nil }
-func (w *fakeWorker) Drain(ctx context.Context) error {
+func (w *fakeQuieter) Quiet(context.Context) error { w.rec.add("quiet"); return nil }
+func (w *fakeQuieter) Drain(ctx context.Context) error {
 	w.rec.add("drain")
 	for w.drained != nil && !w.drained() {
 		select {
@@ -178,13 +178,13 @@ type fakeChild struct {
 	rec     *recorder
 	mu      sync.Mutex
 	started time.Time
-	exited  chan *child.ExitError
+	exited  chan *child.Exit
 	code    int
 	running bool // what Running reports once the agent ends
 }
 
 func newFakeChild(rec *recorder) *fakeChild {
-	return &fakeChild{rec: rec, started: time.Now(), exited: make(chan *child.ExitError, 1)}
+	return &fakeChild{rec: rec, started: time.Now(), exited: make(chan *child.Exit, 1)}
 }
 
 func (c *fakeChild) StartedAt() time.Time {
@@ -197,19 +197,19 @@ func (c *fakeChild) restarted() {
 	defer c.mu.Unlock()
 	c.started = time.Now()
 }
-func (c *fakeChild) Exited() <-chan *child.ExitError { return c.exited }
+func (c *fakeChild) Exited() <-chan *child.Exit { return c.exited }
 func (c *fakeChild) Running() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.running
 }
-func (c *fakeChild) Terminate(_ context.Context, sig syscall.Signal) (*child.ExitError, error) {
+func (c *fakeChild) Terminate(_ context.Context, sig syscall.Signal) (*child.Exit, error) {
 	c.rec.add("terminate:" + sig.String())
-	return &child.ExitError{Code: c.code}, nil
+	return &child.Exit{Code: c.code}, nil
 }
-func (c *fakeChild) Stop(context.Context) (*child.ExitError, error) {
+func (c *fakeChild) Stop(context.Context) (*child.Exit, error) {
 	c.rec.add("stop")
-	return &child.ExitError{Code: 0}, nil
+	return &child.Exit{Code: 0}, nil
 }
 
 const mb = 1 << 20
@@ -240,10 +240,10 @@ func newHarness(t *testing.T, rss uint64) *harness {
 	h.agent = &Agent{
 		Settings: Settings{
 			Policy: Policy{MaxRSS: 500 * mb, SustainChecks: 2}, Limit: 500 * mb,
-			CheckSchedule: every(2 * time.Millisecond), GraceTime: time.Second, ShutdownWait: time.Second,
+			CheckSchedule: every(2 * time.Millisecond), GraceTime: time.Second,
 			ConfirmAfter: time.Hour, LeaseRenew: time.Millisecond, Dyno: "worker.1", TerminationWait: 200 * time.Millisecond,
 		},
-		Meter: h.meter, Worker: &fakeWorker{rec: rec}, Fleet: h.fleet, Restarter: h.restarter,
+		Meter: h.meter, Quieter: &fakeQuieter{rec: rec}, Fleet: h.fleet, Restarter: h.restarter,
 		Child: h.child, Signals: h.signals,
 	}
 	return h
@@ -449,7 +449,7 @@ func TestSignalsAreForwardedAndTheWorkersCodeReturned(t *testing.T) {
 func TestWorkerExitEndsTheAgentWithItsCode(t *testing.T) {
 	h := newHarness(t, 100*mb)
 	h.start()
-	h.child.exited <- &child.ExitError{Code: 3}
+	h.child.exited <- &child.Exit{Code: 3}
 	var ee *ExitError
 	if err := h.wait(t); !errors.As(err, &ee) || ee.Code != 3 {
 		t.Fatalf("err = %v, want exit 3", err)
@@ -520,7 +520,7 @@ func TestALeaseFromBeforeTheRestartIsReleasedEvenIfRedisWasDownAtStart(t *testin
 func TestARestartUnderWayFinishesWhenRedisGoesAwayMidDrain(t *testing.T) {
 	h := newHarness(t, 600*mb)
 	h.fleet.renewOKFor = 1 // the check before quieting succeeds, every renewal after fails
-	h.agent.Worker.(*fakeWorker).drained = func() bool { return h.fleet.failedRenewals() >= 3 }
+	h.agent.Quieter.(*fakeQuieter).drained = func() bool { return h.fleet.failedRenewals() >= 3 }
 	h.restarter.onRestart = func() { h.meter.set(100 * mb); h.child.restarted() }
 	h.start()
 	eventually(t, "the restart", func() bool { return h.rec.count("restart:max_rss") == 1 })

@@ -16,14 +16,14 @@ import (
 	"time"
 )
 
-// ExitError carries the exit code of a worker that ended; the agent exits
-// with the same code.
-type ExitError struct {
+// Exit is how a worker ended: its exit code, which the agent exits with
+// too. It is a status, not an error; the agent's ExitError carries it out.
+type Exit struct {
 	Code   int
 	Signal syscall.Signal // set when the worker was killed by a signal
 }
 
-func (e *ExitError) Error() string {
+func (e *Exit) String() string {
 	if e.Signal != 0 {
 		return fmt.Sprintf("worker killed by %v (exit code %d)", e.Signal, e.Code)
 	}
@@ -47,7 +47,7 @@ type Process struct {
 	done     chan struct{} // closed when the current spawn exited
 	state    *os.ProcessState
 	expected bool // the current spawn is being stopped on purpose
-	exited   chan *ExitError
+	exited   chan *Exit
 	started  time.Time
 }
 
@@ -56,7 +56,7 @@ func (p *Process) Start() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.exited == nil {
-		p.exited = make(chan *ExitError, 1)
+		p.exited = make(chan *Exit, 1)
 	}
 	cmd := exec.Command(p.Path, p.Args...)
 	cmd.Env = p.Env
@@ -81,16 +81,16 @@ func (p *Process) wait(cmd *exec.Cmd, done chan struct{}) {
 	p.mu.Unlock()
 	close(done)
 	if !expected {
-		p.exited <- exitError(cmd.ProcessState)
+		p.exited <- exitOf(cmd.ProcessState)
 	}
 }
 
-func exitError(st *os.ProcessState) *ExitError {
+func exitOf(st *os.ProcessState) *Exit {
 	ws, ok := st.Sys().(syscall.WaitStatus)
 	if ok && ws.Signaled() {
-		return &ExitError{Code: 128 + int(ws.Signal()), Signal: ws.Signal()}
+		return &Exit{Code: 128 + int(ws.Signal()), Signal: ws.Signal()}
 	}
-	return &ExitError{Code: st.ExitCode()}
+	return &Exit{Code: st.ExitCode()}
 }
 
 // Pid is the worker's pid, or 0 before Start.
@@ -111,11 +111,11 @@ func (p *Process) StartedAt() time.Time {
 }
 
 // Exited delivers the worker's exit when it ended on its own (not by Stop).
-func (p *Process) Exited() <-chan *ExitError {
+func (p *Process) Exited() <-chan *Exit {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.exited == nil {
-		p.exited = make(chan *ExitError, 1)
+		p.exited = make(chan *Exit, 1)
 	}
 	return p.exited
 }
@@ -157,14 +157,14 @@ func (p *Process) Done() <-chan struct{} {
 }
 
 // Stop ends the worker on purpose with the stop signal; see Terminate.
-func (p *Process) Stop(ctx context.Context) (*ExitError, error) {
+func (p *Process) Stop(ctx context.Context) (*Exit, error) {
 	return p.Terminate(ctx, p.stopSignal())
 }
 
 // Terminate sends sig to the worker's process group, waits up to
 // ShutdownWait (or until ctx ends) for the group to exit, then kills what is
 // left. It guarantees the group is gone when it returns nil.
-func (p *Process) Terminate(ctx context.Context, sig syscall.Signal) (*ExitError, error) {
+func (p *Process) Terminate(ctx context.Context, sig syscall.Signal) (*Exit, error) {
 	p.mu.Lock()
 	if p.cmd == nil {
 		p.mu.Unlock()
@@ -210,13 +210,13 @@ func (p *Process) Restart(ctx context.Context) error {
 	return p.Start()
 }
 
-func (p *Process) lastExit() *ExitError {
+func (p *Process) lastExit() *Exit {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.state == nil {
 		return nil
 	}
-	return exitError(p.state)
+	return exitOf(p.state)
 }
 
 func (p *Process) stopSignal() syscall.Signal {

@@ -81,9 +81,23 @@ func newFleet(t testing.TB, srv *testredis.Server, opts RedisOptions) *Redis {
 	if opts.Logger == nil {
 		opts.Logger = discardLogger()
 	}
-	f := NewRedis(connect(t, srv), opts)
-	t.Cleanup(func() { _ = f.Close() })
-	return f
+	return NewRedis(connect(t, srv), opts)
+}
+
+// subscribe runs f's freed-slot subscriber until the test ends, as the
+// command runs it beside the agent.
+func subscribe(t testing.TB, f *Redis) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = f.Run(ctx)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
 }
 
 // eventually polls cond until it holds or the deadline passes.

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -63,11 +62,6 @@ type Redis struct {
 	keys        redisKeys
 
 	freed chan struct{}
-
-	mu      sync.Mutex
-	started bool
-	stop    context.CancelFunc
-	done    chan struct{}
 }
 
 // RedisOptions configures a Redis fleet.
@@ -98,19 +92,9 @@ type RedisOptions struct {
 	Now func() time.Time
 }
 
-// fleet is agent.Fleet, copied because the agent package imports this one.
-type fleet interface {
-	Publish(ctx context.Context, p Presence) error
-	Acquire(ctx context.Context) (Lease, error)
-	Renew(ctx context.Context, l Lease) error
-	Release(ctx context.Context, l Lease) error
-	Held(ctx context.Context) (Lease, bool, error)
-	SlotFreed() <-chan struct{}
-}
-
 var (
-	_ fleet = (*Redis)(nil)
-	_ fleet = (*Local)(nil)
+	_ Fleet = (*Redis)(nil)
+	_ Fleet = (*Local)(nil)
 )
 
 const (
@@ -140,8 +124,8 @@ func newRedisKeys(app string, slots int) redisKeys {
 	return k
 }
 
-// NewRedis returns the fleet of opts.App on client. The client is the
-// caller's to close; Close stops only what the fleet started.
+// NewRedis returns the fleet of opts.App on client; the client is the
+// caller's to close. Run the subscriber (Run) for SlotFreed to fire.
 func NewRedis(client *redis.Client, opts RedisOptions) *Redis {
 	if opts.ProcessType == "" {
 		opts.ProcessType = ProcessType(opts.Dyno)
@@ -240,6 +224,7 @@ func (r *Redis) Publish(ctx context.Context, p Presence) error {
 // Returns {"held", slot, value} | {"ok", slot, value, waived} |
 // {"noslot"} | {"settling", ms left} | {"peers", have, want}.
 var acquireScript = redis.NewScript(`
+local healthy = ` + luaSet(HealthyStates) + `
 local dyno, ptype = ARGV[1], ARGV[2]
 local want, now, settle = tonumber(ARGV[3]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local free = nil
@@ -279,8 +264,8 @@ if want > 0 then
         if ok and type(p) == 'table' and p.process_type == ptype then
           seen = seen + 1
           counted[name] = true
-          -- Presence.Healthy: watching or wanting, and not holding a lease.
-          if (p.state == 'watching' or p.state == 'wanting') and not holders[name] then
+          -- Presence.Healthy, and not holding a lease.
+          if healthy[p.state] and not holders[name] then
             have = have + 1
           end
         end
@@ -303,6 +288,15 @@ local v = tok .. '|' .. ARGV[5] .. '|' .. ptype .. '|' .. dyno
 redis.call('SET', KEYS[free], v, 'PX', ARGV[4])
 return {'ok', free - 5, v, waived}
 `)
+
+// luaSet renders states as a Lua table usable as a set: {["watching"]=true}.
+func luaSet(states []State) string {
+	parts := make([]string, len(states))
+	for i, st := range states {
+		parts[i] = fmt.Sprintf("[%q]=true", st)
+	}
+	return "{" + strings.Join(parts, ", ") + "}"
+}
 
 // Acquire takes a restart slot. ErrNoSlot (possibly wrapped, while an empty
 // Redis settles) and *PeersError mean: keep working, try again later.
@@ -344,9 +338,7 @@ func (r *Redis) Acquire(ctx context.Context) (Lease, error) {
 			r.log.Warn("min healthy peers waived: no other dyno of this type is up",
 				"event", "peers_waived", "process_type", r.ptype, "want", r.minPeers)
 		}
-		r.log.Info("lease acquired", "event", "lease_acquired", "slot", l.Slot, "token", l.Token,
-			"expires_at", l.ExpiresAt)
-		return l, nil
+		return l, nil // the agent logs the lease it took, with why it wanted it
 	}
 	return Lease{}, fmt.Errorf("acquire lease: unexpected reply %v", res[0])
 }
@@ -427,7 +419,6 @@ func (r *Redis) Release(ctx context.Context, lease Lease) error {
 	if n == 0 {
 		return ErrNotHolder
 	}
-	r.log.Info("lease released", "event", "lease_released", "slot", lease.Slot, "token", lease.Token)
 	return nil
 }
 
@@ -478,50 +469,15 @@ func (r *Redis) readLeases(ctx context.Context) ([]Lease, error) {
 
 // SlotFreed is signalled when a slot may have been freed: another dyno
 // released one, or the subscription was (re)established and a release may
-// have been missed. The first call starts the subscriber (see Run).
-func (r *Redis) SlotFreed() <-chan struct{} {
-	r.start()
-	return r.freed
-}
+// have been missed. Only while Run runs.
+func (r *Redis) SlotFreed() <-chan struct{} { return r.freed }
 
-// Run starts the freed-slot subscriber now rather than at the first
-// SlotFreed call and stops it when ctx ends; it returns nil then. It suits
-// an errgroup of Run loops; calling it is optional.
+// Run subscribes to the release channel and feeds SlotFreed until ctx ends;
+// it returns nil then. Without it the fleet still works, and a waiting agent
+// notices a freed slot at its next check instead of at once.
 func (r *Redis) Run(ctx context.Context) error {
-	r.start()
-	<-ctx.Done()
-	r.Close()
+	r.subscribe(ctx)
 	return nil
-}
-
-// Close stops the subscriber and waits for it. It does not close the client.
-func (r *Redis) Close() error {
-	r.mu.Lock()
-	r.started = true // no start after Close
-	stop, done := r.stop, r.done
-	r.stop = nil
-	r.mu.Unlock()
-	if stop != nil {
-		stop()
-		<-done
-	}
-	return nil
-}
-
-func (r *Redis) start() {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.started {
-		return
-	}
-	r.started = true
-	ctx, cancel := context.WithCancel(context.Background())
-	r.stop = cancel
-	r.done = make(chan struct{})
-	go func() {
-		defer close(r.done)
-		r.subscribe(ctx)
-	}()
 }
 
 // subscribe feeds freed from the release channel until ctx ends. go-redis

@@ -122,6 +122,7 @@ func TestExpiredHolderAndRebornDyno(t *testing.T) {
 		t.Fatalf("stale holder Held = %v, %v; want false", held, err)
 	}
 
+	subscribe(t, waiter)
 	freed := waiter.SlotFreed()
 	waitSignal(t, freed, 10*time.Second, "subscription established")
 
@@ -205,7 +206,7 @@ func TestSettleOnEmptyRedis(t *testing.T) {
 
 func TestPeers(t *testing.T) {
 	ctx := context.Background()
-	publish := func(t *testing.T, f *Redis, state string) {
+	publish := func(t *testing.T, f *Redis, state State) {
 		t.Helper()
 		if err := f.Publish(ctx, Presence{State: state}); err != nil {
 			t.Fatal(err)
@@ -350,6 +351,7 @@ func TestRedisDownDuringDrain(t *testing.T) {
 	if _, err := b.Acquire(ctx); !errors.Is(err, ErrNoSlot) {
 		t.Fatalf("b acquire: %v", err)
 	}
+	subscribe(t, b)
 	freed := b.SlotFreed()
 	waitSignal(t, freed, 10*time.Second, "subscription established")
 

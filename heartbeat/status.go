@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/dynocycle/dynocycle/internal/bytesize"
 )
 
 // FleetStatus is the fleet as `dynocycle status` shows it. It is plain data
@@ -129,7 +131,7 @@ func WriteTable(w io.Writer, s FleetStatus, now time.Time) error {
 		}
 		parts := make([]string, len(p.TopJobs))
 		for i, j := range p.TopJobs {
-			parts[i] = fmt.Sprintf("%s +%.1fMB over %d runs", j.Class, float64(max(j.Bytes, 0))/(1<<20), j.Runs)
+			parts[i] = j.String()
 		}
 		fmt.Fprintf(&b, "%s grew most in: %s\n", p.Dyno, strings.Join(parts, ", "))
 	}
@@ -153,33 +155,11 @@ func WriteTable(w io.Writer, s FleetStatus, now time.Time) error {
 	return err
 }
 
-// WriteJSON writes s as indented JSON.
-func WriteJSON(w io.Writer, s FleetStatus) error {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(s)
-}
-
 func memoryColumn(rss, limit uint64) string {
 	if limit == 0 {
-		return humanBytes(rss) + " / -"
+		return bytesize.Human(rss) + " / -"
 	}
-	return fmt.Sprintf("%s / %s (%d%%)", humanBytes(rss), humanBytes(limit), rss*100/limit)
-}
-
-// humanBytes uses binary units named the way Heroku names them (512MB).
-func humanBytes(b uint64) string {
-	const mb = 1 << 20
-	switch {
-	case b >= 10<<30:
-		return fmt.Sprintf("%dGB", b>>30)
-	case b >= 1<<30:
-		return strconv.FormatFloat(float64(b)/(1<<30), 'f', 1, 64) + "GB"
-	case b >= mb:
-		return fmt.Sprintf("%dMB", b/mb)
-	default:
-		return fmt.Sprintf("%dKB", b>>10)
-	}
+	return fmt.Sprintf("%s / %s (%d%%)", bytesize.Human(rss), bytesize.Human(limit), rss*100/limit)
 }
 
 func uptime(started, now time.Time) string {

@@ -71,11 +71,14 @@ leases paused for 4m00s: redis holds no fleet history yet (restarted or new)
 	}
 }
 
-func TestWriteJSON(t *testing.T) {
+// TestFleetStatusJSON pins the field names `dynocycle status --json` shows.
+func TestFleetStatusJSON(t *testing.T) {
 	s := sampleStatus()
 	s.Dynos = s.Dynos[1:2]
 	var b bytes.Buffer
-	if err := WriteJSON(&b, s); err != nil {
+	enc := json.NewEncoder(&b)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(s); err != nil {
 		t.Fatal(err)
 	}
 	want := `{
@@ -136,7 +139,7 @@ func TestSnapshot(t *testing.T) {
 	clock.Add(10 * time.Second)
 	for _, p := range []struct {
 		f     *Redis
-		state string
+		state State
 	}{{w10, StateWanting}, {w2, StateDraining}, {web, StateWatching}} {
 		if err := p.f.Publish(ctx, Presence{State: p.state, RSS: 400 << 20, Limit: 512 << 20, StartedAt: started}); err != nil {
 			t.Fatal(err)
@@ -154,7 +157,7 @@ func TestSnapshot(t *testing.T) {
 	}
 	var names []string
 	for _, p := range s.Dynos {
-		names = append(names, p.Dyno+"/"+p.State)
+		names = append(names, p.Dyno+"/"+string(p.State))
 	}
 	if got, want := names, []string{"web.1/watching", "worker.2/draining", "worker.10/wanting"}; !slices.Equal(got, want) {
 		t.Fatalf("dynos %v, want %v", got, want)

@@ -20,11 +20,6 @@ import (
 	"github.com/dynocycle/dynocycle/heartbeat"
 )
 
-var states = []string{
-	heartbeat.StateWatching, heartbeat.StateWanting, heartbeat.StateLeased,
-	heartbeat.StateQuieting, heartbeat.StateDraining, heartbeat.StateRestarting,
-}
-
 // Metrics is the agent's Prometheus registry. It has its own registry, not
 // the global one, so tests and embedders get exactly these series.
 type Metrics struct {
@@ -73,8 +68,8 @@ func New(dyno, version string) *Metrics {
 	reg.MustRegister(m.memory, m.limit, m.state, m.restarts, m.drain, m.leaseWait, m.apiErrors, m.fleetErrs,
 		m.jobGrowth, m.jobRuns, m.lastSample, build,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	for _, s := range states {
-		m.state.WithLabelValues(s).Set(0)
+	for _, s := range heartbeat.States {
+		m.state.WithLabelValues(string(s)).Set(0)
 	}
 	for _, r := range []string{agent.ReasonMaxRSS, agent.ReasonCritical, agent.ReasonSchedule} {
 		m.restarts.WithLabelValues(r) // present at zero, so rate() works from the start
@@ -90,13 +85,13 @@ func (m *Metrics) Sample(rss, limit uint64) {
 }
 
 // State marks the current state.
-func (m *Metrics) State(state string) {
-	for _, s := range states {
+func (m *Metrics) State(state heartbeat.State) {
+	for _, s := range heartbeat.States {
 		v := 0.0
 		if s == state {
 			v = 1
 		}
-		m.state.WithLabelValues(s).Set(v)
+		m.state.WithLabelValues(string(s)).Set(v)
 	}
 }
 

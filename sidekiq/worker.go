@@ -14,25 +14,16 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/dynocycle/dynocycle/agent"
 	"github.com/dynocycle/dynocycle/heartbeat"
 )
 
-// Quieter quiets and drains a worker. It is agent.Worker, copied here so
-// that this package never imports agent (agent may come to import it).
-type Quieter interface {
-	Quiet(ctx context.Context) error
-	Drain(ctx context.Context) error
-}
-
-// Compile-time checks against local copies of the agent's interfaces; the
-// tests check against agent's own.
+// The worker's capabilities, as the agent's ports name them.
 var (
-	_ Quieter                                 = (*Worker)(nil)
-	_ interface{ JobEnded() <-chan struct{} } = (*Worker)(nil)
-	_ interface{ Attribute(int64) }           = (*Worker)(nil)
-	_ interface {
-		TopJobs(int) []heartbeat.JobGrowth
-	} = (*Worker)(nil)
+	_ agent.Quieter          = (*Worker)(nil)
+	_ agent.JobWatcher       = (*Worker)(nil)
+	_ agent.GrowthAttributor = (*Worker)(nil)
+	_ agent.HealthChecker    = (*Worker)(nil)
 )
 
 // ErrNotFound is returned by Quiet and Drain when no Sidekiq process of the
@@ -74,7 +65,7 @@ type Worker struct {
 	Signal func(pid int, sig syscall.Signal) error
 	// Fallback quiets and drains the child when no Sidekiq process of it is
 	// found (the child is not Sidekiq). Nil: ErrNotFound.
-	Fallback     Quieter
+	Fallback     agent.Quieter
 	Logger       *slog.Logger
 	Now          func() time.Time
 	PollInterval time.Duration // default 1s

@@ -140,7 +140,7 @@ func (c *CLI) run(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		return runPlain(proc, sigs, log)
 	}
 
-	a, cleanup, err := c.buildAgent(ctx, cfg, proc, log)
+	svc, err := c.buildAgent(ctx, cfg, proc, log)
 	if err != nil {
 		var ce *config.Error
 		if errors.As(err, &ce) {
@@ -150,17 +150,19 @@ func (c *CLI) run(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		fmt.Fprintln(stderr, "dynocycle:", err)
 		return exitFail
 	}
-	defer cleanup()
-	a.Signals = sigs
+	defer svc.close()
+	svc.agent.Signals = sigs
 
 	if proc != nil {
 		if err := proc.Start(); err != nil {
 			fmt.Fprintln(stderr, "dynocycle:", err)
 			return 127
 		}
-		log.Info("worker started", "event", "worker_start", "dyno", a.Settings.Dyno, "pid", proc.Pid(), "command", args[0])
+		log.Info("worker started", "event", "worker_start", "dyno", svc.agent.Settings.Dyno, "pid", proc.Pid(), "command", args[0])
 	}
-	err = a.Run(context.WithoutCancel(ctx))
+	// The agent ends on a signal, not on ctx: signals turns the end of ctx
+	// into the SIGTERM the platform would send.
+	err = runService(context.WithoutCancel(ctx), svc)
 	var ee *agent.ExitError
 	if errors.As(err, &ee) {
 		if ee.Err != nil && ee.Code != 0 {

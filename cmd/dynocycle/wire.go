@@ -1,7 +1,9 @@
 package main
 
 // The wiring of the agent: which meter, worker, fleet and restarter the
-// configuration asks for.
+// configuration asks for, and every loop that runs beside the agent. Wiring
+// keeps concrete types, so assigning one to the agent's port is the
+// compile-time check that it fits.
 
 import (
 	"context"
@@ -12,6 +14,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/dynocycle/dynocycle/agent"
 	"github.com/dynocycle/dynocycle/child"
@@ -24,14 +27,42 @@ import (
 	"github.com/dynocycle/dynocycle/worker"
 )
 
-func (c *CLI) buildAgent(ctx context.Context, cfg *config.Config, proc *child.Process, log *slog.Logger) (*agent.Agent, func(), error) {
+// service is the agent and the loops that run beside it (the Redis
+// subscriber, the Sidekiq reader, the metrics server), each a Run(ctx);
+// runService starts and stops them together. close frees what the wiring
+// opened, once every loop has ended.
+type service struct {
+	agent *agent.Agent
+	loops []func(context.Context) error
+	close func()
+}
+
+// runService runs the agent and its loops in one group: the first to end,
+// the agent included, stops the rest, and every loop is waited for. The
+// agent's own ending (a signal, the worker's exit, a restart that exits) is
+// its error, which the command turns into an exit code.
+func runService(ctx context.Context, svc *service) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		defer cancel()
+		return svc.agent.Run(ctx)
+	})
+	for _, run := range svc.loops {
+		g.Go(func() error { return run(ctx) })
+	}
+	return g.Wait()
+}
+
+func (c *CLI) buildAgent(ctx context.Context, cfg *config.Config, proc *child.Process, log *slog.Logger) (*service, error) {
 	var pid func() int // nil: no worker, the whole machine is measured
 	if proc != nil {
 		pid = proc.Pid
 	}
 	plat := cfg.ResolvePlatform(proc != nil)
 	if plat == config.PlatformLocal && proc == nil {
-		return nil, nil, &config.Error{Var: "PLATFORM", Value: "local", Problem: "restarting in place needs a worker command",
+		return nil, &config.Error{Var: "PLATFORM", Value: "local", Problem: "restarting in place needs a worker command",
 			Accepted: "dynocycle run -- COMMAND, or PLATFORM=exit or heroku"}
 	}
 
@@ -43,12 +74,12 @@ func (c *CLI) buildAgent(ctx context.Context, cfg *config.Config, proc *child.Pr
 		meter, err = memory.New(cfg.MemorySource, cfg.ProcRoot, cfg.CgroupRoot, pid)
 	}
 	if err != nil {
-		return nil, nil, &config.Error{Var: "MEMORY_SOURCE", Value: cfg.MemorySource, Problem: err.Error(),
+		return nil, &config.Error{Var: "MEMORY_SOURCE", Value: cfg.MemorySource, Problem: err.Error(),
 			Accepted: "auto, tree, pss, cgroup or all, readable on this machine"}
 	}
 	policy, limit, err := resolveLimits(cfg, meter, log)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 
 	dyno := cfg.Dyno
@@ -57,7 +88,7 @@ func (c *CLI) buildAgent(ctx context.Context, cfg *config.Config, proc *child.Pr
 	}
 	settings := agent.Settings{
 		Policy: policy, Limit: limit,
-		CheckSchedule: cfg.CheckSchedule, GraceTime: cfg.GraceTime.D(), ShutdownWait: cfg.ShutdownWait.D(),
+		CheckSchedule: cfg.CheckSchedule, GraceTime: cfg.GraceTime.D(),
 		ConfirmAfter: cfg.ConfirmAfter.D(), DryRun: cfg.DryRun, Dyno: dyno, Version: Version(),
 		TerminationWait: 60*time.Second + cfg.ShutdownWait.D(),
 	}
@@ -67,30 +98,32 @@ func (c *CLI) buildAgent(ctx context.Context, cfg *config.Config, proc *child.Pr
 	settings.LeaseRenew = leaseRenew(cfg)
 
 	a := &agent.Agent{Settings: settings, Meter: meter, Logger: log}
+	svc := &service{agent: a, close: func() {}}
 	var prom *metrics.Metrics
 	if cfg.MetricsAddr != "" {
 		prom = metrics.New(dyno, Version())
 		a.Metrics = prom
-		a.Runners = append(a.Runners, (&metrics.Server{Addr: cfg.MetricsAddr, Metrics: prom}).Run)
+		svc.loops = append(svc.loops, (&metrics.Server{Addr: cfg.MetricsAddr, Metrics: prom}).Run)
 	}
-	cleanup := func() {}
 	fleetKind := "standalone"
 	var client *redis.Client
 	if cfg.Redis() != "" {
 		client, err = connectRedis(ctx, cfg, plat == config.PlatformHeroku, log)
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 	}
 	if proc != nil {
 		a.Child = proc
-		w, err := newWorker(cfg, proc, meter, client, dyno, log)
+		signals, sk, err := newWorker(cfg, proc, meter, client, dyno, log)
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
-		a.Worker = w
-		if sw, ok := w.(*sidekiq.Worker); ok {
-			a.Runners = append(a.Runners, sw.Run)
+		if sk != nil {
+			a.Quieter, a.JobEnds, a.Growth, a.Health = sk, sk, sk, sk
+			svc.loops = append(svc.loops, sk.Run)
+		} else {
+			a.Quieter = signals
 		}
 	}
 	if client == nil {
@@ -101,23 +134,23 @@ func (c *CLI) buildAgent(ctx context.Context, cfg *config.Config, proc *child.Pr
 			LeaseTTL: leaseTTL(cfg), PresenceTTL: presenceTTL(cfg), Settle: 3 * leaseRenew(cfg), Logger: log,
 		})
 		a.Fleet = fleet
-		a.Runners = append(a.Runners, fleet.Run)
-		cleanup = func() { fleet.Close(); client.Close() }
+		svc.loops = append(svc.loops, fleet.Run)
+		svc.close = func() { client.Close() }
 		fleetKind = "redis"
 	}
 
 	switch plat {
 	case config.PlatformLocal:
-		a.Restarter = &platform.Local{Worker: proc}
+		a.Restarter = &platform.Local{Process: proc}
 	case config.PlatformExit:
-		var w platform.Worker
+		var p platform.Process
 		if proc != nil {
-			w = proc
+			p = proc
 		}
-		a.Restarter = &platform.ExitRestarter{Worker: w}
+		a.Restarter = &platform.ExitRestarter{Process: p}
 	case config.PlatformHeroku:
 		if cfg.Dyno == "" || cfg.App() == "" || cfg.Token() == "" {
-			return nil, nil, &config.Error{Var: "PLATFORM", Value: plat, Problem: "missing DYNO, HEROKU_APP_NAME or HEROKU_API_TOKEN",
+			return nil, &config.Error{Var: "PLATFORM", Value: plat, Problem: "missing DYNO, HEROKU_APP_NAME or HEROKU_API_TOKEN",
 				Accepted: "set these config vars, or PLATFORM=local"}
 		}
 		opts := platform.HerokuOptions{
@@ -132,22 +165,23 @@ func (c *CLI) buildAgent(ctx context.Context, cfg *config.Config, proc *child.Pr
 	log.Info("agent starting", "event", "agent_start", "dyno", dyno, "version", Version(), "platform", plat,
 		"memory_source", meter.Source, "limit", config.FormatBytes(limit), "critical", cfg.CriticalRSS.String(),
 		"check", cfg.CheckSchedule.String(), "fleet", fleetKind, "dry_run", cfg.DryRun)
-	return a, cleanup, nil
+	return svc, nil
 }
 
-// newWorker picks how the worker is quieted and drained. Sidekiq is found
-// through its own records in Redis; a child that turns out not to be Sidekiq
-// falls back to plain signals.
-func newWorker(cfg *config.Config, proc *child.Process, meter *memory.Meter, client *redis.Client, dyno string, log *slog.Logger) (agent.Worker, error) {
-	signals := &worker.Signals{Process: proc, QuietSignal: cfg.QuietSignal.Sig, Logger: log}
+// newWorker picks how the worker is quieted and drained: by signals alone,
+// or through Sidekiq (sk non-nil), which is found through its own records in
+// Redis and falls back to the signals when the child turns out not to be
+// Sidekiq.
+func newWorker(cfg *config.Config, proc *child.Process, meter *memory.Meter, client *redis.Client, dyno string, log *slog.Logger) (signals *worker.Signals, sk *sidekiq.Worker, err error) {
+	signals = &worker.Signals{Process: proc, QuietSignal: cfg.QuietSignal.Sig, Logger: log}
 	switch {
 	case cfg.Worker == config.WorkerSignals:
-		return signals, nil
+		return signals, nil, nil
 	case cfg.Worker == config.WorkerSidekiq && client == nil:
-		return nil, &config.Error{Var: "WORKER", Value: "sidekiq", Problem: "needs REDIS_URL, where Sidekiq keeps its records",
+		return nil, nil, &config.Error{Var: "WORKER", Value: "sidekiq", Problem: "needs REDIS_URL, where Sidekiq keeps its records",
 			Accepted: "set REDIS_URL to Sidekiq's Redis, or WORKER=signals with QUIET_SIGNAL=TSTP"}
 	case client == nil:
-		return signals, nil
+		return signals, nil, nil
 	}
 	if cfg.Worker == config.WorkerSidekiq && !cfg.QuietSignal.Set() {
 		signals.QuietSignal = syscall.SIGTSTP // Sidekiq's quiet signal, should its records be missing
@@ -156,7 +190,7 @@ func newWorker(cfg *config.Config, proc *child.Process, meter *memory.Meter, cli
 		log.Warn("SHUTDOWN_WAIT is shorter than Sidekiq's -t plus 5s: a busy Sidekiq may be killed before it hands its jobs back",
 			"event", "config_warning", "sidekiq_timeout", t, "shutdown_wait", cfg.ShutdownWait.D())
 	}
-	return &sidekiq.Worker{
+	return signals, &sidekiq.Worker{
 		Reader:   &sidekiq.Reader{Client: client, Namespace: cfg.SidekiqNamespace, Logger: log},
 		Hostname: dyno,
 		PIDs: func() []int {

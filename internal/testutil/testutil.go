@@ -1,0 +1,59 @@
+// Package testutil holds the helpers every package's tests share: polling
+// with a deadline instead of sleeping, and a buffer safe for the many
+// goroutines that log at once. Only tests import it.
+package testutil
+
+import (
+	"bytes"
+	"context"
+	"sync"
+	"testing"
+	"time"
+)
+
+// pollEvery is how often a condition is polled: short against any deadline
+// a test sets, long enough not to busy the shared machine.
+const pollEvery = 10 * time.Millisecond
+
+// Eventually polls cond until it holds, failing t when within passes first.
+func Eventually(t testing.TB, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), within)
+	defer cancel()
+	Until(ctx, t, what, cond)
+}
+
+// Until polls cond until it holds, failing t when ctx ends first.
+func Until(ctx context.Context, t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	start := time.Now()
+	tick := time.NewTicker(pollEvery)
+	defer tick.Stop()
+	for !cond() {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("not true after %s: %s", time.Since(start).Round(time.Millisecond), what)
+		case <-tick.C:
+		}
+	}
+}
+
+// Buffer is a bytes.Buffer that many goroutines may write at once: a
+// logger, a worker's output copier, a test reading it all.
+type Buffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *Buffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+// String returns everything written so far.
+func (b *Buffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
