@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -13,6 +15,7 @@ import (
 
 	"github.com/dynocycle/dynocycle/child"
 	"github.com/dynocycle/dynocycle/heartbeat"
+	"github.com/dynocycle/dynocycle/internal/testutil"
 )
 
 // every is a check schedule with a fixed short interval.
@@ -181,6 +184,10 @@ type fakeChild struct {
 	exited  chan *child.Exit
 	code    int
 	running bool // what Running reports once the agent ends
+	// stopping, when set, makes Terminate a graceful stop that lasts until
+	// it is closed; a cancelled ctx meanwhile is a SIGKILL, as for a real
+	// worker.
+	stopping chan struct{}
 }
 
 func newFakeChild(rec *recorder) *fakeChild {
@@ -203,8 +210,16 @@ func (c *fakeChild) Running() bool {
 	defer c.mu.Unlock()
 	return c.running
 }
-func (c *fakeChild) Terminate(_ context.Context, sig syscall.Signal) (*child.Exit, error) {
+func (c *fakeChild) Terminate(ctx context.Context, sig syscall.Signal) (*child.Exit, error) {
 	c.rec.add("terminate:" + sig.String())
+	if c.stopping != nil {
+		select {
+		case <-ctx.Done():
+			c.rec.add("kill")
+			return &child.Exit{Code: 137, Signal: syscall.SIGKILL}, ctx.Err()
+		case <-c.stopping:
+		}
+	}
 	return &child.Exit{Code: c.code}, nil
 }
 func (c *fakeChild) Stop(context.Context) (*child.Exit, error) {
@@ -281,13 +296,7 @@ func (h *harness) wait(t *testing.T) error {
 
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
+	testutil.Eventually(t, 15*time.Second, what, cond)
 }
 
 func TestRestartInPlaceFollowsTheFlow(t *testing.T) {
@@ -443,6 +452,58 @@ func TestSignalsAreForwardedAndTheWorkersCodeReturned(t *testing.T) {
 	}
 	if got := h.rec.list(); !slices.Equal(got, []string{"terminate:interrupt"}) {
 		t.Errorf("events = %v", got)
+	}
+}
+
+// A loop beside the agent (the Redis subscriber, the Sidekiq reader, the
+// metrics server) failing while the worker stops gracefully ends the agent's
+// context; the worker must still get its whole graceful stop, since for a
+// real worker a cancelled Terminate is a SIGKILL that loses its jobs.
+func TestAFailingLoopDoesNotCutTheWorkersGracefulStopShort(t *testing.T) {
+	h := newHarness(t, 100*mb)
+	logs := &testutil.Buffer{}
+	h.agent.Logger = slog.New(slog.NewTextHandler(logs, nil))
+	h.child.stopping = make(chan struct{})
+	h.start()
+	h.signals <- syscall.SIGTERM
+	eventually(t, "the TERM forwarded", func() bool { return h.rec.count("terminate:terminated") == 1 })
+	h.cancel() // what cmd's group does when a loop beside the agent fails
+	eventually(t, "the agent to see it is ending (or the worker killed)", func() bool {
+		return strings.Contains(logs.String(), "event=stop_continues") || h.rec.count("kill") > 0
+	})
+	if h.rec.count("kill") > 0 {
+		t.Fatalf("the graceful stop was cut short: %v", h.rec.list())
+	}
+	select {
+	case err := <-h.done:
+		t.Fatalf("the agent ended (%v) before its worker stopped", err)
+	default:
+	}
+	close(h.child.stopping) // the worker finishes its jobs and exits
+	// The agent ends with its context's error: the command exits with the
+	// failed loop's.
+	if err := h.wait(t); !errors.Is(err, context.Canceled) {
+		t.Fatalf("err = %v, want the cancellation", err)
+	}
+	if got := h.rec.list(); !slices.Equal(got, []string{"terminate:terminated"}) {
+		t.Errorf("events = %v, want the TERM alone", got)
+	}
+}
+
+// A second INT still kills at once.
+func TestASecondInterruptKills(t *testing.T) {
+	h := newHarness(t, 100*mb)
+	h.child.stopping = make(chan struct{})
+	h.start()
+	h.signals <- syscall.SIGINT
+	eventually(t, "the INT forwarded", func() bool { return h.rec.count("terminate:interrupt") == 1 })
+	h.signals <- syscall.SIGINT
+	var ee *ExitError
+	if err := h.wait(t); !errors.As(err, &ee) || ee.Code != 137 {
+		t.Fatalf("err = %v, want the killed worker's 137", err)
+	}
+	if h.rec.count("kill") != 1 {
+		t.Errorf("events = %v, want a kill", h.rec.list())
 	}
 }
 
