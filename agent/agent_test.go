@@ -72,7 +72,7 @@ func (m *fakeMeter) moreChecks(t *testing.T, n int) {
 	m.mu.Lock()
 	target := m.samples + n
 	m.mu.Unlock()
-	eventually(t, fmt.Sprintf("%d more checks", n), func() bool {
+	testutil.Eventually(t, within, fmt.Sprintf("%d more checks", n), func() bool {
 		m.mu.Lock()
 		defer m.mu.Unlock()
 		return m.samples >= target
@@ -229,6 +229,9 @@ func (c *fakeChild) Stop(context.Context) (*child.Exit, error) {
 
 const mb = 1 << 20
 
+// within bounds every wait of these tests; none depends on machine speed.
+const within = 15 * time.Second
+
 type harness struct {
 	rec       *recorder
 	meter     *fakeMeter
@@ -294,16 +297,11 @@ func (h *harness) wait(t *testing.T) error {
 	}
 }
 
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	testutil.Eventually(t, 15*time.Second, what, cond)
-}
-
 func TestRestartInPlaceFollowsTheFlow(t *testing.T) {
 	h := newHarness(t, 600*mb)
 	h.restarter.onRestart = func() { h.meter.set(100 * mb); h.child.restarted() }
 	h.start()
-	eventually(t, "a restart", func() bool { return h.rec.count("restart:max_rss") == 1 })
+	testutil.Eventually(t, within, "a restart", func() bool { return h.rec.count("restart:max_rss") == 1 })
 	h.stop(t)
 	got := h.rec.list()
 	want := []string{"acquire", "quiet", "drain", "restart:max_rss"}
@@ -320,7 +318,7 @@ func TestLeaseIsReleasedOnceTheNewWorkerIsHealthy(t *testing.T) {
 	h.agent.Settings.ConfirmAfter = 50 * time.Millisecond
 	h.restarter.onRestart = func() { h.meter.set(100 * mb); h.child.restarted() }
 	h.start()
-	eventually(t, "the lease released after the restart", func() bool { return h.rec.count("release") == 1 })
+	testutil.Eventually(t, within, "the lease released after the restart", func() bool { return h.rec.count("release") == 1 })
 	h.stop(t)
 	if _, held, _ := h.fleet.Held(context.Background()); held {
 		t.Error("lease still held")
@@ -336,7 +334,7 @@ func TestNoSlotMeansNoQuiet(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.start()
-	eventually(t, "several checks", func() bool {
+	testutil.Eventually(t, within, "several checks", func() bool {
 		return h.fleet.Presence().State == heartbeat.StateWanting
 	})
 	h.meter.moreChecks(t, 5) // none of them may quiet
@@ -347,7 +345,8 @@ func TestNoSlotMeansNoQuiet(t *testing.T) {
 	if err := h.fleet.Local.Release(context.Background(), other); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the restart after the slot was freed", func() bool { return h.rec.count("restart:max_rss") == 1 })
+	// Memory stays high, so restarts follow one another: wait for the first.
+	testutil.Eventually(t, within, "the restart after the slot was freed", func() bool { return h.rec.count("restart:max_rss") >= 1 })
 	h.stop(t)
 }
 
@@ -361,7 +360,7 @@ func TestFleetErrorsKeepTheWorkerRunning(t *testing.T) {
 			h := newHarness(t, 600*mb)
 			fault(h.fleet)
 			h.start()
-			eventually(t, "attempts", func() bool {
+			testutil.Eventually(t, within, "attempts", func() bool {
 				return h.rec.count("acquire_failed") >= 3 || h.rec.count("acquire") >= 1
 			})
 			h.meter.moreChecks(t, 5)
@@ -378,7 +377,7 @@ func TestDryRunNeverActs(t *testing.T) {
 	h.agent.Settings.DryRun = true
 	h.agent.Settings.Policy.CriticalRSS = 800 * mb
 	h.start()
-	eventually(t, "the restart wanted", func() bool { return h.fleet.Presence().State == heartbeat.StateWanting })
+	testutil.Eventually(t, within, "the restart wanted", func() bool { return h.fleet.Presence().State == heartbeat.StateWanting })
 	h.meter.moreChecks(t, 5)
 	h.stop(t)
 	if got := h.rec.list(); len(got) != 0 {
@@ -416,7 +415,7 @@ func TestAwaitTerminationEndsWithTheSignal(t *testing.T) {
 	h.agent.Settings.TerminationWait = time.Minute
 	h.child.code = 0
 	h.start()
-	eventually(t, "the API restart", func() bool { return h.rec.count("restart:max_rss") == 1 })
+	testutil.Eventually(t, within, "the API restart", func() bool { return h.rec.count("restart:max_rss") == 1 })
 	h.signals <- syscall.SIGTERM // what Heroku sends to every process of the dyno
 	var ee *ExitError
 	if err := h.wait(t); !errors.As(err, &ee) || ee.Code != 0 {
@@ -466,9 +465,9 @@ func TestAFailingLoopDoesNotCutTheWorkersGracefulStopShort(t *testing.T) {
 	h.child.stopping = make(chan struct{})
 	h.start()
 	h.signals <- syscall.SIGTERM
-	eventually(t, "the TERM forwarded", func() bool { return h.rec.count("terminate:terminated") == 1 })
+	testutil.Eventually(t, within, "the TERM forwarded", func() bool { return h.rec.count("terminate:terminated") == 1 })
 	h.cancel() // what cmd's group does when a loop beside the agent fails
-	eventually(t, "the agent to see it is ending (or the worker killed)", func() bool {
+	testutil.Eventually(t, within, "the agent to see it is ending (or the worker killed)", func() bool {
 		return strings.Contains(logs.String(), "event=stop_continues") || h.rec.count("kill") > 0
 	})
 	if h.rec.count("kill") > 0 {
@@ -496,7 +495,7 @@ func TestASecondInterruptKills(t *testing.T) {
 	h.child.stopping = make(chan struct{})
 	h.start()
 	h.signals <- syscall.SIGINT
-	eventually(t, "the INT forwarded", func() bool { return h.rec.count("terminate:interrupt") == 1 })
+	testutil.Eventually(t, within, "the INT forwarded", func() bool { return h.rec.count("terminate:interrupt") == 1 })
 	h.signals <- syscall.SIGINT
 	var ee *ExitError
 	if err := h.wait(t); !errors.As(err, &ee) || ee.Code != 137 {
@@ -522,7 +521,7 @@ func TestCriticalSkipsSustainAndUptime(t *testing.T) {
 	h.agent.Settings.Policy = Policy{MaxRSS: 500 * mb, CriticalRSS: 900 * mb, SustainChecks: 100, MinUptime: time.Hour}
 	h.restarter.onRestart = func() { h.meter.set(100 * mb); h.child.restarted() }
 	h.start()
-	eventually(t, "a critical restart", func() bool { return h.rec.count("restart:critical_rss") == 1 })
+	testutil.Eventually(t, within, "a critical restart", func() bool { return h.rec.count("restart:critical_rss") == 1 })
 	h.stop(t)
 }
 
@@ -541,7 +540,7 @@ func TestRepeatedRestartsHandTheSlotBackInBetween(t *testing.T) {
 	h := newHarness(t, 600*mb) // memory stays high: the new worker wants a restart at once
 	h.restarter.onRestart = h.child.restarted
 	h.start()
-	eventually(t, "two restarts", func() bool { return h.rec.count("restart:max_rss") >= 2 })
+	testutil.Eventually(t, within, "two restarts", func() bool { return h.rec.count("restart:max_rss") >= 2 })
 	h.stop(t)
 	got := h.rec.list()
 	first := slices.Index(got, "restart:max_rss")
@@ -571,7 +570,7 @@ func TestALeaseFromBeforeTheRestartIsReleasedEvenIfRedisWasDownAtStart(t *testin
 	}
 	h.fleet.heldFails = 3
 	h.start()
-	eventually(t, "the old lease released", func() bool { return h.rec.count("release") == 1 })
+	testutil.Eventually(t, within, "the old lease released", func() bool { return h.rec.count("release") == 1 })
 	h.stop(t)
 	if _, held, _ := h.fleet.Local.Held(context.Background()); held {
 		t.Error("lease still held")
@@ -584,7 +583,7 @@ func TestARestartUnderWayFinishesWhenRedisGoesAwayMidDrain(t *testing.T) {
 	h.agent.Quieter.(*fakeQuieter).drained = func() bool { return h.fleet.failedRenewals() >= 3 }
 	h.restarter.onRestart = func() { h.meter.set(100 * mb); h.child.restarted() }
 	h.start()
-	eventually(t, "the restart", func() bool { return h.rec.count("restart:max_rss") == 1 })
+	testutil.Eventually(t, within, "the restart", func() bool { return h.rec.count("restart:max_rss") == 1 })
 	h.stop(t)
 	if got := h.rec.list()[:4]; !slices.Equal(got, []string{"acquire", "quiet", "drain", "restart:max_rss"}) {
 		t.Errorf("events = %v: a quiet worker must be restarted even when the lease cannot be renewed", got)

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/robfig/cron/v3"
+
+	"github.com/dynocycle/dynocycle/internal/bytesize"
 )
 
 // Size is an amount of memory: bytes, or a percentage of the detected limit.
@@ -91,14 +93,8 @@ func (s Size) String() string {
 	case s.Percent > 0:
 		return strconv.FormatFloat(s.Percent, 'f', -1, 64) + "%"
 	default:
-		return FormatBytes(s.Bytes)
+		return bytesize.MB(s.Bytes)
 	}
-}
-
-// FormatBytes renders bytes as MB with one decimal, the unit Heroku's own
-// memory logs use.
-func FormatBytes(b uint64) string {
-	return strconv.FormatFloat(float64(b)/(1<<20), 'f', 1, 64) + "MB"
 }
 
 // Duration is a length of time: Go syntax (2m, 120s, 1h30m) or bare seconds.

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/dynocycle/dynocycle/internal/testredis"
+	"github.com/dynocycle/dynocycle/internal/testutil"
 )
 
 func TestPublishIsOneRoundTrip(t *testing.T) {
@@ -101,7 +102,7 @@ func TestExpiredHolderAndRebornDyno(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "lease of worker.1 expires", func() bool {
+	testutil.Eventually(t, 10*time.Second, "lease of worker.1 expires", func() bool {
 		n, err := short.client.Exists(ctx, short.keys.leases[0]).Result()
 		return err == nil && n == 0
 	})
@@ -212,7 +213,7 @@ func TestPeers(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	opts := func(dyno string, logs *logBuffer) RedisOptions {
+	opts := func(dyno string, logs *testutil.Buffer) RedisOptions {
 		o := RedisOptions{Dyno: dyno, Settle: -1, Slots: 2, MinHealthyPeers: 1}
 		if logs != nil {
 			o.Logger = newLogger(logs)
@@ -222,7 +223,7 @@ func TestPeers(t *testing.T) {
 
 	t.Run("single dyno waived with a warning", func(t *testing.T) {
 		srv := testredis.Start(t)
-		var logs logBuffer
+		var logs testutil.Buffer
 		w1 := newFleet(t, srv, opts("worker.1", &logs))
 		publish(t, w1, StateWanting)
 		if _, err := w1.Acquire(ctx); err != nil {
@@ -252,7 +253,7 @@ func TestPeers(t *testing.T) {
 
 	t.Run("other process types do not count", func(t *testing.T) {
 		srv := testredis.Start(t)
-		var logs logBuffer
+		var logs testutil.Buffer
 		w1 := newFleet(t, srv, opts("worker.1", &logs))
 		web := newFleet(t, srv, opts("web.1", nil))
 		publish(t, web, StateWatching)
@@ -380,7 +381,7 @@ func TestRedisDownDuringDrain(t *testing.T) {
 	}
 
 	srv.Restart() // same port, no data
-	eventually(t, 20*time.Second, "b reconnects", func() bool {
+	testutil.Eventually(t, 20*time.Second, "b reconnects", func() bool {
 		return b.Publish(ctx, Presence{State: StateWanting}) == nil
 	})
 	// The new redis settles: no lease for anyone, though every slot key is gone.

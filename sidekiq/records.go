@@ -51,10 +51,6 @@ func ParseIdentity(s string) (Identity, error) {
 	return Identity{Hostname: s[:i], PID: pid, Nonce: nonce}, nil
 }
 
-func (id Identity) String() string {
-	return id.Hostname + ":" + strconv.Itoa(id.PID) + ":" + id.Nonce
-}
-
 // ProcessHash holds the raw fields of a process hash `<identity>`, as read
 // with HMGET. An empty string is a missing field.
 type ProcessHash struct {

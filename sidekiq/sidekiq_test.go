@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/dynocycle/dynocycle/internal/testredis"
+	"github.com/dynocycle/dynocycle/internal/testutil"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -230,7 +231,7 @@ func newRealWorker(t *testing.T, c *redis.Client, sk *sidekiqProc, sigs *signalL
 func waitRunning(ctx context.Context, t *testing.T, w *Worker, jid string) Work {
 	t.Helper()
 	var got Work
-	waitFor(ctx, t, "job "+jid+" in the work hash", func() bool {
+	testutil.Until(ctx, t, "job "+jid+" in the work hash", func() bool {
 		procs, err := w.Processes(ctx)
 		if err != nil {
 			t.Fatal(err)
@@ -259,7 +260,7 @@ func TestSidekiqFindQuietDrain(t *testing.T) {
 	defer cancel()
 
 	var procs []Process
-	waitFor(ctx, t, "sidekiq in redis", func() bool {
+	testutil.Until(ctx, t, "sidekiq in redis", func() bool {
 		var err error
 		procs, err = w.Processes(ctx)
 		if err != nil {
@@ -272,7 +273,7 @@ func TestSidekiqFindQuietDrain(t *testing.T) {
 		p.Concurrency != 2 || !slices.Equal(p.Queues, []string{"default", "low"}) || p.Quiet || p.RSSKiB <= 0 {
 		t.Fatalf("found %+v, want one process of pid %d, concurrency 2, queues default,low", procs, sk.pid())
 	}
-	if !w.Detected() {
+	if !knowsOwn(w) {
 		t.Error("not detected")
 	}
 	if ok, err := w.Healthy(ctx); !ok || err != nil {
@@ -356,7 +357,7 @@ func TestSidekiqHandsBackLongJob(t *testing.T) {
 	}
 
 	startSidekiq(t, srv, "-c", "1", "-t", "2", "-q", "default")
-	waitFor(ctx, t, "the handed-back job to complete", func() bool { return isDone(t, c, 2) })
+	testutil.Until(ctx, t, "the handed-back job to complete", func() bool { return isDone(t, c, 2) })
 	if n, _ := c.LLen(ctx, "queue:default").Result(); n != 0 {
 		t.Errorf("queue:default has %d jobs after the rerun", n)
 	}
@@ -390,7 +391,7 @@ func TestSidekiqBloatJob(t *testing.T) {
 	if wk := waitRunning(ctx, t, w, jid); wk.Class != "BloatJob" {
 		t.Fatalf("running %+v, want BloatJob", wk)
 	}
-	waitFor(ctx, t, "BloatJob counted as running by Run", func() bool { return runningClass(w, jid) == "BloatJob" })
+	testutil.Until(ctx, t, "BloatJob counted as running by Run", func() bool { return runningClass(w, jid) == "BloatJob" })
 	select {
 	case <-w.JobEnded():
 	case <-ctx.Done():
@@ -425,27 +426,36 @@ func TestSidekiqSwarm(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 
-	waitFor(ctx, t, "all three processes in redis", func() bool {
+	testutil.Until(ctx, t, "all three processes in redis", func() bool {
 		all, err := w.Reader.Processes(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
 		return len(all) == 3
 	})
-	peers, err := w.LivePeers(ctx, nil)
-	if err != nil {
-		t.Fatal(err)
+	// Processes of another host are never the child's.
+	peerOf := func() (Process, bool) {
+		all, err := w.Reader.Processes(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range all {
+			if p.Hostname == "worker.2" {
+				return p, true
+			}
+		}
+		return Process{}, false
 	}
-	if len(peers) != 1 || peers[0].PID != peer.pid() || peers[0].Hostname != "worker.2" {
-		t.Fatalf("live peers = %+v, want the worker.2 process %d", peers, peer.pid())
+	if p, ok := peerOf(); !ok || p.PID != peer.pid() || p.Quiet {
+		t.Fatalf("peer = %+v, want the worker.2 process %d, running", p, peer.pid())
 	}
 	// The peer is quiet here: it must not take the jobs meant for a and b.
 	if err := syscall.Kill(peer.pid(), syscall.SIGTSTP); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(ctx, t, "the peer to report quiet", func() bool {
-		peers, err := w.LivePeers(ctx, nil)
-		return err == nil && len(peers) == 0
+	testutil.Until(ctx, t, "the peer to report quiet", func() bool {
+		p, ok := peerOf()
+		return ok && p.Quiet
 	})
 
 	j1, j2 := push(t, c, "SlowJob", 11, 6), push(t, c, "SlowJob", 12, 6)

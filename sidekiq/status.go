@@ -5,6 +5,8 @@ import (
 	"io"
 	"strings"
 	"text/tabwriter"
+
+	"github.com/dynocycle/dynocycle/internal/bytesize"
 )
 
 // Status is the Sidekiq side of `dynocycle status --json`.
@@ -31,7 +33,7 @@ func WriteStatus(w io.Writer, procs []Process, stats Stats) error {
 			running = append(running, wk.Class)
 		}
 		fmt.Fprintf(tw, "%s\t%d/%d\t%s\t%s\t%s\t%s\n", p.ID, p.Busy, p.Concurrency, state,
-			formatBytes(p.RSSKiB*1024), strings.Join(p.Queues, ","), strings.Join(running, ","))
+			bytesize.Human(uint64(max(p.RSSKiB, 0))*1024), strings.Join(p.Queues, ","), strings.Join(running, ","))
 	}
 	fmt.Fprintln(tw)
 	fmt.Fprintln(tw, "QUEUE\tSIZE")
@@ -48,9 +50,9 @@ func WriteStatus(w io.Writer, procs []Process, stats Stats) error {
 	m := stats.Redis
 	limit := "no maxmemory"
 	if m.MaxBytes > 0 {
-		limit = fmt.Sprintf("of %s (%.0f%%)", formatBytes(m.MaxBytes), 100*float64(m.UsedBytes)/float64(m.MaxBytes))
+		limit = fmt.Sprintf("of %s (%.0f%%)", bytesize.Human(uint64(max(m.MaxBytes, 0))), 100*float64(m.UsedBytes)/float64(m.MaxBytes))
 	}
-	if _, err := fmt.Fprintf(w, "\nredis memory: %s used %s, policy %s\n", formatBytes(m.UsedBytes), limit, m.Policy); err != nil {
+	if _, err := fmt.Fprintf(w, "\nredis memory: %s used %s, policy %s\n", bytesize.Human(uint64(max(m.UsedBytes, 0))), limit, m.Policy); err != nil {
 		return fmt.Errorf("write sidekiq status: %w", err)
 	}
 	if m.Warning != "" {
@@ -59,16 +61,4 @@ func WriteStatus(w io.Writer, procs []Process, stats Stats) error {
 		}
 	}
 	return nil
-}
-
-func formatBytes(b int64) string {
-	const mb = 1 << 20
-	switch {
-	case b >= 1<<30:
-		return fmt.Sprintf("%.1fGB", float64(b)/(1<<30))
-	case b >= mb:
-		return fmt.Sprintf("%dMB", b/mb)
-	default:
-		return fmt.Sprintf("%dKB", b/1024)
-	}
 }

@@ -39,9 +39,6 @@ const (
 	// and when this child's processes are already known.
 	rescanIdle  = 5 * time.Second
 	rescanKnown = 30 * time.Second
-	// staleBeat is how old a beat may be for a peer to count as live: more
-	// than two missed beats at 7.x/8.x's 10 s cadence.
-	staleBeat = 30 * time.Second
 	// drainedBeats is how many consecutive distinct beats must show a quiet,
 	// idle process: one beat can race with a job fetched just before quiet.
 	drainedBeats = 2
@@ -74,7 +71,6 @@ type Worker struct {
 	ended    chan struct{}
 
 	mu           sync.Mutex
-	detected     bool
 	known        []Process // this child's processes at the last scan
 	knownPIDs    []int     // PIDs() at the last scan
 	scannedAt    time.Time
@@ -149,14 +145,6 @@ func (w *Worker) pollInterval() time.Duration {
 	return defaultPollInterval
 }
 
-// Detected reports whether a Sidekiq process of the child has been seen, so
-// the caller can log the worker kind.
-func (w *Worker) Detected() bool {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.detected
-}
-
 // Processes returns the child's Sidekiq processes: identity hostname equal
 // to Hostname, pid among PIDs() (the pid in info must agree, see
 // ParseProcess). A swarm gives several. When Redis still lists an older
@@ -171,9 +159,6 @@ func (w *Worker) Processes(ctx context.Context) ([]Process, error) {
 	own := w.filterOwn(all, pids)
 	w.mu.Lock()
 	w.known, w.knownPIDs, w.scannedAt = own, pids, w.now()
-	if len(own) > 0 {
-		w.detected = true
-	}
 	w.mu.Unlock()
 	return own, nil
 }
@@ -620,34 +605,4 @@ func (w *Worker) TopJobs(n int) []heartbeat.JobGrowth {
 		top = top[:max(n, 0)]
 	}
 	return top
-}
-
-// LivePeers returns the Sidekiq processes of other hosts that are live (a
-// beat within the last 30 s), not quiet, and serve at least one of queues,
-// for the peers rule. With no queues given, the queues of the child's own
-// processes are used; when those are unknown too, any queue counts.
-func (w *Worker) LivePeers(ctx context.Context, queues []string) ([]Process, error) {
-	all, err := w.Reader.Processes(ctx)
-	if err != nil {
-		return nil, err
-	}
-	host := w.hostname()
-	if len(queues) == 0 {
-		for _, p := range w.filterOwn(all, w.pids()) {
-			queues = append(queues, p.Queues...)
-		}
-	}
-	now := w.now()
-	var peers []Process
-	for _, p := range all {
-		// Processes on this host go down with it, so they are no peers.
-		if p.Hostname == host || p.Quiet || now.Sub(p.Beat) > staleBeat {
-			continue
-		}
-		if len(queues) > 0 && !slices.ContainsFunc(p.Queues, func(q string) bool { return slices.Contains(queues, q) }) {
-			continue
-		}
-		peers = append(peers, p)
-	}
-	return peers, nil
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/dynocycle/dynocycle/child"
 	"github.com/dynocycle/dynocycle/config"
 	"github.com/dynocycle/dynocycle/heartbeat"
+	"github.com/dynocycle/dynocycle/internal/bytesize"
 	"github.com/dynocycle/dynocycle/memory"
 	"github.com/dynocycle/dynocycle/sidekiq"
 )
@@ -99,9 +100,9 @@ func (c *CLI) check(stdout, stderr io.Writer) int {
 	meter, err := memory.New(memory.All, cfg.ProcRoot, cfg.CgroupRoot, nil)
 	if err == nil {
 		if limit, src := meter.Limit(); limit > 0 {
-			fmt.Fprintf(stdout, "# detected memory limit: %s (from %s)\n", config.FormatBytes(limit), src)
+			fmt.Fprintf(stdout, "# detected memory limit: %s (from %s)\n", bytesize.MB(limit), src)
 			if max, ok := cfg.MaxRSS.Resolve(limit); ok {
-				fmt.Fprintf(stdout, "# MAX_RSS resolves to %s\n", config.FormatBytes(max))
+				fmt.Fprintf(stdout, "# MAX_RSS resolves to %s\n", bytesize.MB(max))
 			}
 		}
 	}

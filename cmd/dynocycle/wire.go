@@ -20,6 +20,7 @@ import (
 	"github.com/dynocycle/dynocycle/child"
 	"github.com/dynocycle/dynocycle/config"
 	"github.com/dynocycle/dynocycle/heartbeat"
+	"github.com/dynocycle/dynocycle/internal/bytesize"
 	"github.com/dynocycle/dynocycle/memory"
 	"github.com/dynocycle/dynocycle/metrics"
 	"github.com/dynocycle/dynocycle/platform"
@@ -163,7 +164,7 @@ func (c *CLI) buildAgent(ctx context.Context, cfg *config.Config, proc *child.Pr
 		a.Restarter = platform.NewHeroku(opts)
 	}
 	log.Info("agent starting", "event", "agent_start", "dyno", dyno, "version", Version(), "platform", plat,
-		"memory_source", meter.Source, "limit", config.FormatBytes(limit), "critical", cfg.CriticalRSS.String(),
+		"memory_source", meter.Source, "limit", bytesize.MB(limit), "critical", cfg.CriticalRSS.String(),
 		"check", cfg.CheckSchedule.String(), "fleet", fleetKind, "dry_run", cfg.DryRun)
 	return svc, nil
 }
@@ -258,7 +259,7 @@ func resolveLimits(cfg *config.Config, meter *memory.Meter, log *slog.Logger) (a
 				Accepted: "a size such as 512MB or 1.5GB (a bare number is MB)"}
 		}
 		_ = maxRSS.Decode("90%")
-		log.Info("MAX_RSS not set: using 90% of the container limit", "event", "limit_default", "container_limit", config.FormatBytes(containerLimit))
+		log.Info("MAX_RSS not set: using 90% of the container limit", "event", "limit_default", "container_limit", bytesize.MB(containerLimit))
 	}
 	max, ok := maxRSS.Resolve(detected)
 	if !ok {
@@ -268,7 +269,7 @@ func resolveLimits(cfg *config.Config, meter *memory.Meter, log *slog.Logger) (a
 	critical, _ := cfg.CriticalRSS.Resolve(detected)
 	if critical > 0 && critical < max {
 		return agent.Policy{}, 0, &config.Error{Var: "CRITICAL_RSS", Value: cfg.CriticalRSS.String(),
-			Problem: "resolves below MAX_RSS (" + config.FormatBytes(max) + ")", Accepted: "a size at or above MAX_RSS"}
+			Problem: "resolves below MAX_RSS (" + bytesize.MB(max) + ")", Accepted: "a size at or above MAX_RSS"}
 	}
 	return agent.Policy{MaxRSS: max, CriticalRSS: critical, SustainChecks: cfg.SustainChecks, MinUptime: cfg.MinUptime.D()}, max, nil
 }

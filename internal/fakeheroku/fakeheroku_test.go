@@ -6,6 +6,8 @@ import (
 	"net/http"
 	"testing"
 	"time"
+
+	"github.com/dynocycle/dynocycle/internal/testutil"
 )
 
 const token = "HRKU-fake-0123456789"
@@ -156,25 +158,14 @@ func TestSlowAnswerAbortedByClient(t *testing.T) {
 		}
 		done <- err
 	}()
-	waitFor(t, "the call to arrive", func() bool { return len(s.Calls()) == 1 })
+	testutil.Eventually(t, 10*time.Second, "the call to arrive", func() bool { return len(s.Calls()) == 1 })
 	cancel() // the client hangs up mid-answer
 	if err := <-done; err == nil {
 		t.Fatal("slow answer arrived although the client hung up")
 	}
 	// The handler notices and marks the call; Close would otherwise wait an hour.
-	waitFor(t, "the call to be marked aborted", func() bool { return s.Calls()[0].Aborted })
+	testutil.Eventually(t, 10*time.Second, "the call to be marked aborted", func() bool { return s.Calls()[0].Aborted })
 	if len(s.Restarts()) != 0 {
 		t.Error("an aborted call counted as a restart")
-	}
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }
