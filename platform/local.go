@@ -1,6 +1,8 @@
-// Package platform holds the Restarters: heroku (the Platform API restarts
-// the dyno), local (restart the worker in place) and exit (stop the worker
-// and exit, for supervisors such as Kubernetes or systemd that start it again).
+// Package platform holds the Restarters, which carry out a restart the agent
+// has decided and prepared (lease held, worker drained): heroku (the Platform
+// API restarts the dyno), local (restart the worker in place) and exit (stop
+// the worker and exit, for supervisors such as Kubernetes or systemd that
+// start it again). The agent's Next tells it what follows.
 package platform
 
 import (
