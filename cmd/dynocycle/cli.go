@@ -132,8 +132,8 @@ func (c *CLI) run(ctx context.Context, args []string, stdout, stderr io.Writer) 
 			StopSignal: cfg.StopSignal.Sig, ShutdownWait: cfg.ShutdownWait.D(), Logger: log,
 		}
 	}
-	sigs := c.signals(ctx)
-	defer signal.Stop(sigs)
+	sigs, stopSignals := c.signals(ctx)
+	defer stopSignals()
 
 	if cfg.OneOff() {
 		// One-off, scheduler and release dynos end by themselves: just run.
@@ -179,21 +179,24 @@ func (c *CLI) run(ctx context.Context, args []string, stdout, stderr io.Writer) 
 }
 
 // signals delivers SIGTERM and SIGINT, and a SIGTERM when ctx ends, so an
-// in-process caller stops the agent the way the platform does.
-func (c *CLI) signals(ctx context.Context) chan os.Signal {
-	sigs := c.Signals
+// in-process caller stops the agent the way the platform does. stop ends
+// both deliveries.
+func (c *CLI) signals(ctx context.Context) (sigs chan os.Signal, stop func()) {
+	sigs = c.Signals
 	if sigs == nil {
 		sigs = make(chan os.Signal, 4)
 		signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
 	}
-	go func() {
-		<-ctx.Done()
+	stopAfter := context.AfterFunc(ctx, func() {
 		select {
 		case sigs <- syscall.SIGTERM:
 		default:
 		}
-	}()
-	return sigs
+	})
+	return sigs, func() {
+		stopAfter()
+		signal.Stop(sigs)
+	}
 }
 
 // runPlain runs the command with signal forwarding and nothing else.
