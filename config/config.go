@@ -114,6 +114,17 @@ var forms = map[string]string{
 // Every error is an Errors value holding every problem found, so a user
 // fixes them all in one deploy.
 func Load() (*Config, error) {
+	c, errs := Read()
+	if len(errs) > 0 {
+		return nil, errs
+	}
+	return c, nil
+}
+
+// Read is Load for callers that check more on top: it returns the
+// configuration even when some values are bad (those keep their zero value)
+// along with every problem found.
+func Read() (*Config, Errors) {
 	var c Config
 	var errs Errors
 	failed := map[string]bool{}
@@ -131,15 +142,23 @@ func Load() (*Config, error) {
 		}
 		v.Field(i).Set(one.Elem().Field(0))
 	}
-	for _, e := range c.Validate() {
-		if !failed[e.Var] { // a value that did not parse is reported once, as such
-			errs = append(errs, e)
+	return &c, errs.Add(c.Validate()...)
+}
+
+// Add appends the problems with variables not already reported: a value
+// that did not parse is reported once, as such, not again by every check
+// that then sees its zero value.
+func (es Errors) Add(more ...*Error) Errors {
+	seen := map[string]bool{}
+	for _, e := range es {
+		seen[strings.TrimPrefix(e.Var, Prefix+"_")] = true
+	}
+	for _, e := range more {
+		if !seen[strings.TrimPrefix(e.Var, Prefix+"_")] {
+			es = append(es, e)
 		}
 	}
-	if len(errs) > 0 {
-		return nil, errs
-	}
-	return &c, nil
+	return es
 }
 
 // parseError turns an envconfig error into one line naming the spelling the
@@ -231,7 +250,7 @@ func (c *Config) Validate() Errors {
 			continue
 		}
 		parsed, err := url.Parse(string(u.val))
-		if err != nil || (parsed.Scheme != "redis" && parsed.Scheme != "rediss" && parsed.Scheme != "unix") || (parsed.Scheme != "unix" && parsed.Host == "") {
+		if err != nil || (parsed.Scheme != "redis" && parsed.Scheme != "rediss") || parsed.Host == "" {
 			add(u.name, "", "not a Redis URL", "redis://[user:password@]host:port[/db] or rediss:// for TLS")
 		}
 	}
@@ -259,7 +278,7 @@ func (c *Config) Validate() Errors {
 		{"RESTART_SCHEDULE", c.RestartSchedule, MinRestartEvery},
 	} {
 		if problem := s.sched.problem(now, s.minEvery); problem != "" {
-			add(s.name, s.sched.Spec, problem, scheduleForm+", firing at most every "+fmtEvery(s.minEvery))
+			add(s.name, s.sched.Spec, problem, scheduleForm+", firings at least "+fmtEvery(s.minEvery)+" apart")
 		}
 	}
 	if c.Platform == PlatformHeroku {
