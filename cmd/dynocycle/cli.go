@@ -148,7 +148,7 @@ func suggestFlag(arg string) string {
 }
 
 func (c *CLI) run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	args, help, err := commandArgs("run", args)
+	command, help, err := commandArgs("run", args)
 	switch {
 	case help:
 		writeHelp(stdout, "run")
@@ -156,6 +156,7 @@ func (c *CLI) run(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	case err != nil:
 		return misuse(stderr, "run", err.Error()+" (to run a program whose name starts with -, put it after --)", suggestFlag(args[0]))
 	}
+	args = command
 	cfg, errs := config.Read()
 	if len(errs) > 0 || !cfg.OneOff() {
 		// One-off dynos only run their command; every other run is
