@@ -78,8 +78,12 @@ func (c *CLI) Run(ctx context.Context, args []string, stdout, stderr io.Writer) 
 }
 
 func (c *CLI) help(args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 || isHelp(args[0]) {
+	if len(args) == 0 {
 		fmt.Fprint(stdout, usage)
+		return exitOK
+	}
+	if isHelp(args[0]) {
+		writeHelp(stdout, "help")
 		return exitOK
 	}
 	if _, ok := topics[args[0]]; !ok {
