@@ -194,7 +194,11 @@ func resolveLimits(cfg *config.Config, meter *memory.Meter, log *slog.Logger) (a
 	if len(errs) > 0 {
 		return agent.Policy{}, 0, errs
 	}
-	log.Info(l.describe(cfg), "event", "limit", "container_limit", config.FormatBytes(l.Container), "max_rss", config.FormatBytes(l.Limit))
+	container := "none"
+	if l.Container > 0 {
+		container = config.FormatBytes(l.Container)
+	}
+	log.Info(l.describe(cfg), "event", "limit", "container_limit", container, "max_rss", config.FormatBytes(l.Limit))
 	return l.Policy, l.Limit, nil
 }
 
