@@ -4,6 +4,7 @@ module github.com/dynocycle/dynocycle
 go 1.26.8
 
 require (
+	github.com/agnivade/levenshtein v1.2.2
 	github.com/cenkalti/backoff/v5 v5.0.3
 	github.com/heroku/heroku-go/v5 v5.5.0
 	github.com/kelseyhightower/envconfig v1.4.0

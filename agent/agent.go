@@ -244,7 +244,7 @@ func (a *Agent) watch(ctx context.Context) error {
 	}
 	for {
 		now := a.Now()
-		next := a.Settings.CheckSchedule.Next(now)
+		next := NextCheck(a.Settings.CheckSchedule, now)
 		timer := time.NewTimer(next.Sub(now))
 		var err error
 		select {

@@ -83,6 +83,20 @@ type Schedule interface {
 	Next(time.Time) time.Time
 }
 
+// fallbackCheckEvery is the check interval used when a schedule yields no
+// time after now (it never fires, or misbehaves): the default CHECK_SCHEDULE.
+const fallbackCheckEvery = 5 * time.Second
+
+// NextCheck is when the check loop next wakes. Config rejects schedules that
+// never fire, but the loop must not spin even if one slips through: a zero or
+// past time would fire the timer at once, forever.
+func NextCheck(s Schedule, now time.Time) time.Time {
+	if next := s.Next(now); next.After(now) {
+		return next
+	}
+	return now.Add(fallbackCheckEvery)
+}
+
 // RollingDue reports whether a rolling-restart schedule has fired since the
 // worker started.
 func RollingDue(s Schedule, startedAt, now time.Time) bool {

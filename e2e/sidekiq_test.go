@@ -276,7 +276,7 @@ func TestSidekiqRestartsInPlaceWithoutLosingJobs(t *testing.T) {
 	// Queued before Sidekiq starts, so the first process bloats from its start.
 	app.enqueue(t, 1, bloatJobs, "BloatJob", bloatMB, bloatSecs)
 	env := []string{
-		"REDIS_URL=" + app.srv.URL(), "DYNO=worker.1", "PLATFORM=local",
+		"REDIS_URL=" + app.srv.URL(), "FLEET_SCOPE=shop", "DYNO=worker.1", "PLATFORM=local",
 		fmt.Sprintf("MAX_RSS=%dMB", maxRSSMB), "MIN_UPTIME=3s", "SUSTAIN_CHECKS=1", "CHECK_SCHEDULE=@every 1s",
 		"GRACE_TIME=30s", "SHUTDOWN_WAIT=10s", "CONFIRM_AFTER=2s",
 	}
@@ -416,7 +416,7 @@ func TestSidekiqHandsBackJobLongerThanGraceTime(t *testing.T) {
 	app.enqueue(t, 1, 1, "SlowJob", "600")
 	app.enqueue(t, 2, 1, "BloatJob", "80")
 	env := []string{
-		"REDIS_URL=" + app.srv.URL(), "DYNO=worker.1", "PLATFORM=local",
+		"REDIS_URL=" + app.srv.URL(), "FLEET_SCOPE=shop", "DYNO=worker.1", "PLATFORM=local",
 		"MAX_RSS=80MB", "MIN_UPTIME=3s", "SUSTAIN_CHECKS=1", "CHECK_SCHEDULE=@every 1s",
 		"GRACE_TIME=3s", "SHUTDOWN_WAIT=10s", "CONFIRM_AFTER=2s",
 	}

@@ -8,12 +8,12 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
 	"github.com/dynocycle/dynocycle/internal/bytesize"
+	"github.com/dynocycle/dynocycle/internal/termtext"
 )
 
 // FleetStatus is the fleet as `dynocycle status` shows it. It is plain data
@@ -29,10 +29,13 @@ type FleetStatus struct {
 	SettlesAt time.Time `json:"settles_at,omitzero"`
 }
 
-// SlotStatus is one lease slot; Holder is empty when it is free.
+// SlotStatus is one lease slot; Holder is empty when it is free. A slot
+// whose value cannot be read is taken all the same (the lease script treats
+// any value as held): Malformed then holds the start of that value.
 type SlotStatus struct {
 	Slot      int       `json:"slot"`
 	Holder    string    `json:"holder,omitempty"`
+	Malformed string    `json:"malformed,omitempty"`
 	Token     int64     `json:"token,omitempty"`
 	Since     time.Time `json:"since,omitzero"`
 	ExpiresAt time.Time `json:"expires_at,omitzero"`
@@ -87,9 +90,11 @@ func (r *Redis) Snapshot(ctx context.Context) (FleetStatus, error) {
 		if v, _ := leases[i].(string); v != "" {
 			if l, ok := parseLeaseValue(slot.Slot, v); ok {
 				slot.Holder, slot.Token, slot.Since = l.Holder, l.Token, l.AcquiredAt
-				if ms := toInt(leases, i+1); ms > 0 {
-					slot.ExpiresAt = now.Add(time.Duration(ms) * time.Millisecond)
-				}
+			} else {
+				slot.Malformed = termtext.Cell(v, termtext.MaxCell)
+			}
+			if ms := toInt(leases, i+1); ms > 0 {
+				slot.ExpiresAt = now.Add(time.Duration(ms) * time.Millisecond)
 			}
 		}
 		s.Slots = append(s.Slots, slot)
@@ -104,48 +109,87 @@ func (r *Redis) Snapshot(ctx context.Context) (FleetStatus, error) {
 	return s, nil
 }
 
-// WriteTable writes the fleet as a table, then one line per lease slot.
-// Times are shown relative to now.
+// WriteTable writes the fleet the way `heroku ps` writes dynos: a header
+// naming the app, then one line per dyno grouped by process type, then the
+// restart slots. Times are relative to now; every value read from Redis is
+// cut and escaped (termtext.Cell), so no record can flood the terminal.
 func WriteTable(w io.Writer, s FleetStatus, now time.Time) error {
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "DYNO\tSTATE\tMEMORY / LIMIT\tUPTIME\tRESTARTS\tLAST REASON")
-	for _, p := range s.Dynos {
-		reason := p.LastReason
-		if reason == "" {
-			reason = "-"
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\n",
-			p.Dyno, p.State, memoryColumn(p.RSS, p.Limit), uptime(p.StartedAt, now), p.Restarts, reason)
-	}
-	if err := tw.Flush(); err != nil {
-		return err
-	}
 	var b strings.Builder
+	taken := 0
+	for _, sl := range s.Slots {
+		if sl.Holder != "" || sl.Malformed != "" {
+			taken++
+		}
+	}
+	app := cell(s.App)
 	if len(s.Dynos) == 0 {
-		b.WriteString("(no agent has reported)\n")
+		fmt.Fprintf(&b, "=== %s: no dyno has reported (agents report under FLEET_SCOPE, else HEROKU_APP_NAME, else HEROKU_APP_ID)\n", app)
+	} else {
+		fmt.Fprintf(&b, "=== %s: %s reporting\n", app, plural(len(s.Dynos), "dyno"))
+	}
+	dynos := slices.Clone(s.Dynos)
+	ptype := func(p Presence) string {
+		if p.ProcessType != "" {
+			return p.ProcessType
+		}
+		return ProcessType(p.Dyno)
+	}
+	slices.SortStableFunc(dynos, func(a, b Presence) int { return strings.Compare(ptype(a), ptype(b)) })
+	for i, p := range dynos {
+		if i == 0 || ptype(p) != ptype(dynos[i-1]) {
+			n := 0
+			for _, q := range dynos {
+				if ptype(q) == ptype(p) {
+					n++
+				}
+			}
+			fmt.Fprintf(&b, "\n=== %s (%d)\n", cell(ptype(p)), n)
+		}
+		fmt.Fprintf(&b, "%s: %s %s", cell(p.Dyno), cell(string(p.State)), memoryColumn(p.RSS, p.Limit))
+		if !p.StartedAt.IsZero() {
+			fmt.Fprintf(&b, ", up %s", uptime(p.StartedAt, now))
+		}
+		switch {
+		case p.Restarts == 0:
+			b.WriteString(", no restarts")
+		case p.LastReason != "":
+			fmt.Fprintf(&b, ", %s (last: %s)", plural(p.Restarts, "restart"), cell(p.LastReason))
+		default:
+			fmt.Fprintf(&b, ", %s", plural(p.Restarts, "restart"))
+		}
+		b.WriteString("\n")
 	}
 	// Which jobs grew memory: the point is to learn which job to fix.
+	grew := false
 	for _, p := range s.Dynos {
 		if len(p.TopJobs) == 0 {
 			continue
 		}
-		parts := make([]string, len(p.TopJobs))
-		for i, j := range p.TopJobs {
-			parts[i] = j.String()
+		if !grew {
+			b.WriteString("\n")
+			grew = true
 		}
-		fmt.Fprintf(&b, "%s grew most in: %s\n", p.Dyno, strings.Join(parts, ", "))
+		parts := make([]string, 0, min(len(p.TopJobs), maxTopJobs))
+		for _, j := range p.TopJobs[:min(len(p.TopJobs), maxTopJobs)] {
+			parts = append(parts, fmt.Sprintf("%s +%.1fMB over %d runs", cell(j.Class), float64(max(j.Bytes, 0))/(1<<20), j.Runs))
+		}
+		fmt.Fprintf(&b, "%s grew most in: %s\n", cell(p.Dyno), strings.Join(parts, ", "))
 	}
+	fmt.Fprintf(&b, "\n=== restart slots: %d of %d taken\n", taken, len(s.Slots))
 	for _, sl := range s.Slots {
-		if sl.Holder == "" {
-			fmt.Fprintf(&b, "lease slot %d: free\n", sl.Slot)
-			continue
-		}
-		expires := "no expiry"
+		expires := ""
 		if !sl.ExpiresAt.IsZero() {
-			expires = "expires in " + shortDuration(sl.ExpiresAt.Sub(now))
+			expires = ", expires in " + shortDuration(sl.ExpiresAt.Sub(now))
 		}
-		fmt.Fprintf(&b, "lease slot %d: held by %s since %s (token %d, %s)\n",
-			sl.Slot, sl.Holder, sl.Since.UTC().Format(time.RFC3339), sl.Token, expires)
+		switch {
+		case sl.Malformed != "":
+			fmt.Fprintf(&b, "slot %d: taken, by a malformed value \"%s\" (agents treat it as held)%s\n", sl.Slot, sl.Malformed, expires)
+		case sl.Holder == "":
+			fmt.Fprintf(&b, "slot %d: free\n", sl.Slot)
+		default:
+			fmt.Fprintf(&b, "slot %d: %s since %s (~ %s ago), token %d%s\n",
+				sl.Slot, cell(sl.Holder), sl.Since.UTC().Format(time.RFC3339), shortDuration(now.Sub(sl.Since)), sl.Token, expires)
+		}
 	}
 	if !s.SettlesAt.IsZero() && s.SettlesAt.After(now) {
 		fmt.Fprintf(&b, "leases paused for %s: redis holds no fleet history yet (restarted or new)\n",
@@ -155,9 +199,21 @@ func WriteTable(w io.Writer, s FleetStatus, now time.Time) error {
 	return err
 }
 
+// maxTopJobs bounds the job classes shown per dyno.
+const maxTopJobs = 5
+
+func cell(s string) string { return termtext.Cell(s, termtext.MaxCell) }
+
+func plural(n int, what string) string {
+	if n == 1 {
+		return "1 " + what
+	}
+	return fmt.Sprintf("%d %ss", n, what)
+}
+
 func memoryColumn(rss, limit uint64) string {
 	if limit == 0 {
-		return bytesize.Human(rss) + " / -"
+		return bytesize.Human(rss) + " (no limit)"
 	}
 	return fmt.Sprintf("%s / %s (%d%%)", bytesize.Human(rss), bytesize.Human(limit), rss*100/limit)
 }

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -41,14 +43,21 @@ func TestWriteTable(t *testing.T) {
 	if err := WriteTable(&b, sampleStatus(), statusNow); err != nil {
 		t.Fatal(err)
 	}
-	want := `DYNO       STATE     MEMORY / LIMIT        UPTIME  RESTARTS  LAST REASON
-worker.1   watching  300MB / 512MB (58%)   3h04m   2         max_rss
-worker.2   draining  530MB / 512MB (103%)  1d02h   0         -
-worker.10  wanting   1.5GB / 2.0GB (75%)   12m05s  1         schedule
-web.1      watching  900KB / -             -       0         -
+	want := `=== shop: 4 dynos reporting
+
+=== web (1)
+web.1: watching 900KB (no limit), no restarts
+
+=== worker (3)
+worker.1: watching 300MB / 512MB (58%), up 3h04m, 2 restarts (last: max_rss)
+worker.2: draining 530MB / 512MB (103%), up 1d02h, no restarts
+worker.10: wanting 1.5GB / 2.0GB (75%), up 12m05s, 1 restart (last: schedule)
+
 worker.1 grew most in: ExportCsvJob +410.0MB over 37 runs, MailerJob +3.0MB over 900 runs
-lease slot 0: held by worker.2 since 2026-03-14T11:58:30Z (token 42, expires in 3m20s)
-lease slot 1: free
+
+=== restart slots: 1 of 2 taken
+slot 0: worker.2 since 2026-03-14T11:58:30Z (~ 1m30s ago), token 42, expires in 3m20s
+slot 1: free
 `
 	if got := b.String(); got != want {
 		t.Fatalf("table:\n%s\nwant:\n%s", got, want)
@@ -61,13 +70,43 @@ func TestWriteTableEmptyAndSettling(t *testing.T) {
 	if err := WriteTable(&b, s, statusNow); err != nil {
 		t.Fatal(err)
 	}
-	want := `DYNO  STATE  MEMORY / LIMIT  UPTIME  RESTARTS  LAST REASON
-(no agent has reported)
-lease slot 0: free
+	want := `=== shop: no dyno has reported (agents report under FLEET_SCOPE, else HEROKU_APP_NAME, else HEROKU_APP_ID)
+
+=== restart slots: 0 of 1 taken
+slot 0: free
 leases paused for 4m00s: redis holds no fleet history yet (restarted or new)
 `
 	if got := b.String(); got != want {
 		t.Fatalf("table:\n%q\nwant:\n%q", got, want)
+	}
+}
+
+// One record with a huge or hostile value must not flood the terminal: no
+// line grows with the widest cell, and control characters are escaped.
+func TestWriteTableIsBoundedAndEscaped(t *testing.T) {
+	huge := strings.Repeat("q", 20000)
+	s := FleetStatus{App: "shop", Slots: []SlotStatus{{Slot: 0, Holder: huge, Token: 1, Since: statusNow}}}
+	for i := range 50 {
+		s.Dynos = append(s.Dynos, Presence{Dyno: fmt.Sprintf("worker.%d", i+1), State: StateWatching, RSS: 1 << 20})
+	}
+	s.Dynos[0].Dyno = "worker.\x1b[2J\x1b]0;pwned\x07"
+	s.Dynos[1].LastReason, s.Dynos[1].Restarts = huge, 1
+	s.Dynos[2].TopJobs = []JobGrowth{{Class: huge, Bytes: 1 << 20, Runs: 1}}
+	var b bytes.Buffer
+	if err := WriteTable(&b, s, statusNow); err != nil {
+		t.Fatal(err)
+	}
+	out := b.String()
+	if b.Len() > 20000 {
+		t.Errorf("%d bytes for 50 dynos", b.Len())
+	}
+	for _, line := range strings.Split(out, "\n") {
+		if len(line) > 300 {
+			t.Errorf("line of %d bytes: %.80q...", len(line), line)
+		}
+	}
+	if strings.ContainsAny(out, "\x1b\x07") || !strings.Contains(out, `worker.\x1b[2J\x1b]0;pwned\a`) {
+		t.Errorf("control characters reach the terminal:\n%q", out[:min(len(out), 400)])
 	}
 }
 

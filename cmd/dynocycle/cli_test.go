@@ -48,6 +48,7 @@ func TestCheckPrintsEffectiveConfigWithoutSecrets(t *testing.T) {
 	t.Setenv("MAX_RSS", "450MB")
 	t.Setenv("HEROKU_API_TOKEN", "HRKU-topsecret-token")
 	t.Setenv("REDIS_URL", "redis://:pw-secret@127.0.0.1:1/0")
+	t.Setenv("HEROKU_APP_NAME", "shop")
 	code, out, errOut := runCLI(t, "check")
 	if code != 0 {
 		t.Fatalf("check: %d %s", code, errOut)

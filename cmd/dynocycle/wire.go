@@ -130,10 +130,7 @@ func (c *CLI) buildAgent(ctx context.Context, cfg *config.Config, proc *child.Pr
 	if client == nil {
 		a.Fleet = heartbeat.NewLocal(dyno, cfg.MaxConcurrentRestarts)
 	} else {
-		fleet := heartbeat.NewRedis(client, heartbeat.RedisOptions{
-			App: appName(cfg), Dyno: dyno, Slots: cfg.MaxConcurrentRestarts, MinHealthyPeers: cfg.MinHealthyPeers,
-			LeaseTTL: leaseTTL(cfg), PresenceTTL: presenceTTL(cfg), Settle: 3 * leaseRenew(cfg), Logger: log,
-		})
+		fleet := heartbeat.NewRedis(client, fleetOptions(cfg, dyno, log))
 		a.Fleet = fleet
 		svc.loops = append(svc.loops, fleet.Run)
 		svc.close = func() { client.Close() }
@@ -227,13 +224,19 @@ func (l redisLogger) Printf(ctx context.Context, format string, v ...any) {
 	l.log.Debug(fmt.Sprintf(format, v...), "event", "redis_client")
 }
 
-// appName scopes the fleet's keys. Off Heroku, HEROKU_APP_NAME still names
-// the app; without it every agent on that Redis is one fleet.
-func appName(cfg *config.Config) string {
-	if app := cfg.App(); app != "" {
-		return app
+// fleetOptions is the fleet as every agent of the app sees it; status uses
+// it too, so it reports the settle period the agents observe.
+func fleetOptions(cfg *config.Config, dyno string, log *slog.Logger) heartbeat.RedisOptions {
+	return heartbeat.RedisOptions{
+		App: appName(cfg), Dyno: dyno, Slots: cfg.MaxConcurrentRestarts, MinHealthyPeers: cfg.MinHealthyPeers,
+		LeaseTTL: leaseTTL(cfg), PresenceTTL: presenceTTL(cfg), Settle: 3 * leaseRenew(cfg), Logger: log,
 	}
-	return "default"
+}
+
+// appName scopes the fleet's keys: FLEET_SCOPE, HEROKU_APP_NAME or
+// HEROKU_APP_ID; validate refuses fleet mode without one.
+func appName(cfg *config.Config) string {
+	return cfg.Scope()
 }
 
 // presenceTTL lets a dead agent's presence vanish after three missed checks.
@@ -241,37 +244,6 @@ func presenceTTL(cfg *config.Config) time.Duration {
 	now := time.Now()
 	every := cfg.CheckSchedule.Next(now).Sub(now)
 	return max(15*time.Second, 3*every)
-}
-
-// resolveLimits turns MAX_RSS and CRITICAL_RSS into bytes. Without MAX_RSS
-// the soft limit is 90% of a detected container limit, the margin that keeps
-// a dyno out of swap.
-func resolveLimits(cfg *config.Config, meter *memory.Meter, log *slog.Logger) (agent.Policy, uint64, error) {
-	detected, src := meter.Limit()
-	containerLimit := uint64(0)
-	if src == "cgroup" {
-		containerLimit = detected
-	}
-	maxRSS := cfg.MaxRSS
-	if !maxRSS.Set() {
-		if containerLimit == 0 {
-			return agent.Policy{}, 0, &config.Error{Var: "MAX_RSS", Problem: "required: no container memory limit was detected",
-				Accepted: "a size such as 512MB or 1.5GB (a bare number is MB)"}
-		}
-		_ = maxRSS.Decode("90%")
-		log.Info("MAX_RSS not set: using 90% of the container limit", "event", "limit_default", "container_limit", bytesize.MB(containerLimit))
-	}
-	max, ok := maxRSS.Resolve(detected)
-	if !ok {
-		return agent.Policy{}, 0, &config.Error{Var: "MAX_RSS", Value: maxRSS.String(), Problem: "a percentage needs a detected memory limit, and none was found",
-			Accepted: "a size such as 512MB or 1.5GB"}
-	}
-	critical, _ := cfg.CriticalRSS.Resolve(detected)
-	if critical > 0 && critical < max {
-		return agent.Policy{}, 0, &config.Error{Var: "CRITICAL_RSS", Value: cfg.CriticalRSS.String(),
-			Problem: "resolves below MAX_RSS (" + bytesize.MB(max) + ")", Accepted: "a size at or above MAX_RSS"}
-	}
-	return agent.Policy{MaxRSS: max, CriticalRSS: critical, SustainChecks: cfg.SustainChecks, MinUptime: cfg.MinUptime.D()}, max, nil
 }
 
 // leaseTTL frees a lease whose dyno never came back: long enough for the
