@@ -19,6 +19,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -352,7 +353,17 @@ func TestPlainGemNamesTheMissingPlatform(t *testing.T) {
 	}
 }
 
-// scratchApp is a directory with a Gemfile, installed with `bundle install
+// The Ruby side's own tests: which binary the executable picks on each kind
+// of machine (test/binary_test.rb, minitest from Ruby's bundled gems).
+func TestRubyPicksTheBinaryForThePlatform(t *testing.T) {
+	need(t, "ruby")
+	out, err := exec.Command("ruby", "-Ilib", "test/binary_test.rb").CombinedOutput()
+	if err != nil || !regexp.MustCompile(`(?m)^[1-9]\d* runs, \d+ assertions, 0 failures, 0 errors, 0 skips$`).Match(out) {
+		t.Fatalf("ruby -Ilib test/binary_test.rb: %v\n%s", err, out)
+	}
+}
+
+// app is a directory with a Gemfile, installed with `bundle install
 // --local` (no network) into the scratch GEM_HOME.
 func (s *scratch) app(t *testing.T, gemfile string, setup func(dir string)) string {
 	t.Helper()
