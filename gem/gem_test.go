@@ -319,6 +319,8 @@ func TestInstalledGemExecsTheBinary(t *testing.T) {
 	out := startCollecting(t, cmd)
 	binary := filepath.Join(s.gemHome, "gems", "dynocycle-"+version+"-x86_64-linux", "exe", "x86_64-linux", "dynocycle")
 	waitForExe(t, cmd.Process.Pid, binary, out)
+	// The agent takes TERM from before it starts the worker.
+	eventually(t, time.Minute, "the worker to start", out, func() bool { return out.has("event=worker_start") })
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
