@@ -219,6 +219,7 @@ func (c *Config) Validate() Errors {
 			add("METRICS_ADDR", c.MetricsAddr, "not a host:port address", "host:port such as 127.0.0.1:9394, or :9394 for every interface")
 		}
 	}
+	errs = append(errs, c.nameErrors()...)
 	if c.Platform == PlatformHeroku {
 		var missing []string
 		if c.Token() == "" {
