@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -15,6 +16,7 @@ import (
 	heroku "github.com/heroku/heroku-go/v5"
 
 	"github.com/dynocycle/dynocycle/agent"
+	"github.com/dynocycle/dynocycle/config"
 )
 
 // Defaults of HerokuOptions.
@@ -62,6 +64,10 @@ type Heroku struct {
 	opts HerokuOptions
 	svc  *heroku.Service
 	log  *slog.Logger
+	// badName is why App or Dyno cannot go into a request path; Restart then
+	// refuses without a request. The configuration checks the same forms at
+	// start-up, but this package must not trust its callers with a path.
+	badName error
 }
 
 var _ agent.Restarter = (*Heroku)(nil)
@@ -112,7 +118,20 @@ func NewHeroku(opts HerokuOptions) *Heroku {
 	}
 	svc := heroku.NewService(client)
 	svc.URL = opts.BaseURL
-	return &Heroku{opts: opts, svc: svc, log: opts.Logger}
+	return &Heroku{opts: opts, svc: svc, log: opts.Logger, badName: checkNames(opts.App, opts.Dyno)}
+}
+
+// checkNames refuses names outside Heroku's forms: HEROKU_APP_NAME
+// "app/dynos?x=" would make DELETE /apps/app/dynos (every dyno), DYNO
+// "worker" the restart of every worker dyno, "../../x" another endpoint.
+func checkNames(app, dyno string) error {
+	if err := config.CheckHerokuApp(app); err != nil {
+		return fmt.Errorf("heroku api: restart not sent: app %q: %w; accepted: %s", app, err, config.AppForm)
+	}
+	if err := config.CheckHerokuDyno(dyno); err != nil {
+		return fmt.Errorf("heroku api: restart not sent: dyno %q: %w; accepted: %s", dyno, err, config.DynoForm)
+	}
+	return nil
 }
 
 // Restart asks Heroku to restart this dyno, at most MaxAttempts calls with
@@ -125,15 +144,19 @@ func NewHeroku(opts HerokuOptions) *Heroku {
 //
 // On failure it returns (agent.Exit, err): the agent stops the worker and
 // exits non-zero, which Heroku treats as a crash and restarts the dyno anyway.
-// That happens at once on a permanent refusal (401, 403, 404, 422 and other
-// 4xx but 408 and 429), after MaxAttempts calls on 429, 5xx, network errors
-// and timeouts, or when ctx ends. The error never contains the token.
+// That happens without a request when App or Dyno is not in Heroku's forms
+// (see checkNames), at once on a permanent refusal (401, 403, 404, 422 and
+// other 4xx but 408 and 429), after MaxAttempts calls on 429, 5xx, network
+// errors and timeouts, or when ctx ends. The error never contains the token.
 //
 // A call that timed out may still have been accepted; retrying it then at
 // worst restarts the fresh dyno once more. Cancel ctx when SIGTERM arrives so
 // no retry outlives the dyno. With the defaults the worst case is about five
 // 10 s timeouts plus the waits between them, longer while rate limited.
 func (h *Heroku) Restart(ctx context.Context, reason string) (agent.Next, error) {
+	if h.badName != nil {
+		return agent.Exit, h.redact(h.badName)
+	}
 	b := &backoff.ExponentialBackOff{
 		InitialInterval:     h.opts.BackoffInitial,
 		RandomizationFactor: 0.5,
@@ -195,7 +218,8 @@ func (r result) rateLimited() bool {
 
 func (h *Heroku) call(ctx context.Context) result {
 	seen := response{remaining: -1}
-	_, err := h.svc.DynoRestart(context.WithValue(ctx, responseKey{}, &seen), h.opts.App, h.opts.Dyno)
+	// Escaped although checked: a name can never leave its path segment.
+	_, err := h.svc.DynoRestart(context.WithValue(ctx, responseKey{}, &seen), url.PathEscape(h.opts.App), url.PathEscape(h.opts.Dyno))
 	res := result{status: seen.status, remaining: seen.remaining}
 	var he heroku.Error
 	if errors.As(err, &he) {
