@@ -65,7 +65,7 @@ func (p *Process) Start() error {
 	// and a terminal's Ctrl-C reaches the agent first.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start worker: %w", err)
+		return &CommandError{Name: p.Path, Code: codeFor(err), Err: err}
 	}
 	done := make(chan struct{})
 	p.cmd, p.done, p.state, p.expected, p.started = cmd, done, nil, false, time.Now()

@@ -8,7 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/exec"
 	"os/signal"
 	"runtime/debug"
 	"strings"
@@ -121,10 +120,10 @@ func (c *CLI) run(ctx context.Context, args []string, stdout, stderr io.Writer) 
 
 	var proc *child.Process
 	if len(args) > 0 {
-		path, err := exec.LookPath(args[0])
+		path, err := child.LookPath(args[0])
 		if err != nil {
-			fmt.Fprintf(stderr, "dynocycle: worker command %q not found: %v\n", args[0], err)
-			return 127
+			fmt.Fprintln(stderr, "dynocycle:", err)
+			return child.ExitCode(err) // 127 not found, 126 not executable
 		}
 		proc = &child.Process{
 			Path: path, Args: args[1:], Stdin: c.Stdin, Stdout: stdout, Stderr: stderr,
@@ -156,7 +155,7 @@ func (c *CLI) run(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if proc != nil {
 		if err := proc.Start(); err != nil {
 			fmt.Fprintln(stderr, "dynocycle:", err)
-			return 127
+			return child.ExitCode(err)
 		}
 		log.Info("worker started", "event", "worker_start", "dyno", a.Settings.Dyno, "pid", proc.Pid(), "command", args[0])
 	}
@@ -200,7 +199,7 @@ func runPlain(proc *child.Process, sigs <-chan os.Signal, log *slog.Logger) int 
 	}
 	if err := proc.Start(); err != nil {
 		log.Error("start worker", "err", err)
-		return 127
+		return child.ExitCode(err)
 	}
 	for {
 		select {
