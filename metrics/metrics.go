@@ -7,9 +7,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -124,33 +126,82 @@ func (m *Metrics) JobGrowth(jobs []heartbeat.JobGrowth) {
 func (m *Metrics) APIError(status int) { m.apiErrors.WithLabelValues(strconv.Itoa(status)).Inc() }
 
 // Server serves /metrics on addr until ctx ends.
+//
+// The address is bound by Listen, before the worker starts, so that one
+// that cannot be bound (in use, not a local address, a privileged port) is a
+// configuration error seen at once: exit 2 before any job runs and with
+// nothing to drain. The alternatives are worse for the user of a supervisor:
+// running for weeks with nobody scraping it, or taking a busy worker down
+// with it. Once bound, the server never ends the agent: a serving error is
+// logged and the worker stays supervised, without metrics.
 type Server struct {
 	Addr    string
 	Metrics *Metrics
+	Logger  *slog.Logger // nil: errors go unlogged
 	// Ready, when set, receives the bound address once listening (tests use ":0").
 	Ready chan<- string
+
+	mu sync.Mutex
+	ln net.Listener
 }
 
-// Run listens and serves; it returns nil when ctx ends.
-func (s *Server) Run(ctx context.Context) error {
+// Listen binds Addr. Run calls it when it was not called before.
+func (s *Server) Listen() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ln != nil {
+		return nil
+	}
 	ln, err := net.Listen("tcp", s.Addr)
 	if err != nil {
 		return fmt.Errorf("metrics listen on %s: %w", s.Addr, err)
 	}
+	s.ln = ln
+	return nil
+}
+
+// Close releases the address of a server that will not Run.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ln == nil {
+		return nil
+	}
+	return s.ln.Close()
+}
+
+// Run serves until ctx ends and returns nil then. It returns an error only
+// when it cannot bind Addr (Listen was not called first).
+func (s *Server) Run(ctx context.Context) error {
+	if err := s.Listen(); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	ln := s.ln
+	s.mu.Unlock()
 	if s.Ready != nil {
 		s.Ready <- ln.Addr().String()
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(s.Metrics.Registry, promhttp.HandlerOpts{}))
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	stopped := make(chan struct{})
+	defer close(stopped)
 	go func() {
-		<-ctx.Done()
+		select {
+		case <-ctx.Done():
+		case <-stopped:
+			return
+		}
 		shutdownCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		_ = srv.Shutdown(shutdownCtx)
 	}()
-	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return fmt.Errorf("metrics server: %w", err)
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) && ctx.Err() == nil {
+		if s.Logger != nil {
+			s.Logger.Error("metrics server failed; the worker stays supervised, without metrics",
+				"event", "metrics_failed", "addr", ln.Addr().String(), "err", err)
+		}
 	}
 	return nil
 }
