@@ -130,8 +130,8 @@ func (c *CLI) run(ctx context.Context, args []string, stdout, stderr io.Writer) 
 			StopSignal: cfg.StopSignal.Sig, ShutdownWait: cfg.ShutdownWait.D(), Logger: log,
 		}
 	}
-	sigs := c.signals(ctx)
-	defer signal.Stop(sigs)
+	sigs, stopSignals := c.signals(ctx, log)
+	defer stopSignals()
 
 	if cfg.OneOff() {
 		// One-off, scheduler and release dynos end by themselves: just run.
@@ -174,22 +174,21 @@ func (c *CLI) run(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	return exitOK
 }
 
-// signals delivers SIGTERM and SIGINT, and a SIGTERM when ctx ends, so an
-// in-process caller stops the agent the way the platform does.
-func (c *CLI) signals(ctx context.Context) chan os.Signal {
-	sigs := c.Signals
-	if sigs == nil {
-		sigs = make(chan os.Signal, 4)
-		signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+// signals delivers the signals the agent acts on (see agentSignal), and a
+// SIGTERM when ctx ends, so an in-process caller stops the agent the way the
+// platform does. Call stop when done.
+func (c *CLI) signals(ctx context.Context, log *slog.Logger) (sigs <-chan os.Signal, stop func()) {
+	in := c.Signals
+	unsubscribe := func() {}
+	if in == nil {
+		ch := make(chan os.Signal, 4)
+		signal.Notify(ch, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT)
+		in, unsubscribe = ch, func() { signal.Stop(ch) }
 	}
-	go func() {
-		<-ctx.Done()
-		select {
-		case sigs <- syscall.SIGTERM:
-		default:
-		}
-	}()
-	return sigs
+	out := make(chan os.Signal, 4)
+	done := make(chan struct{})
+	go relaySignals(ctx, in, out, done, log)
+	return out, func() { unsubscribe(); close(done) }
 }
 
 // runPlain runs the command with signal forwarding and nothing else.
