@@ -374,7 +374,7 @@ func boundedError(body io.ReadCloser) io.ReadCloser {
 	raw, _ := io.ReadAll(io.LimitReader(body, maxErrorBody))
 	_ = body.Close() // unread rest: the connection is dropped, not drained
 	e := parseError(raw)
-	e.ID, e.Message, e.URL = cut(e.ID, maxAPIField), cut(e.Message, maxAPIMessage), cut(e.URL, maxAPIField)
+	e.ID, e.Message, e.URL = cut(idChars(e.ID), maxAPIField), cut(e.Message, maxAPIMessage), cut(e.URL, maxAPIField)
 	small, _ := json.Marshal(e) // strings only: cannot fail
 	return io.NopCloser(bytes.NewReader(small))
 }
@@ -416,6 +416,17 @@ func parseError(raw []byte) apiErrorBody {
 		e.Message = string(raw)
 	}
 	return e
+}
+
+// idChars keeps what an error id is made of (rate_limit, not_found): the id
+// goes into error texts unquoted.
+func idChars(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r == '_' || r == '-' || r == '.' || ('a' <= r && r <= 'z') || ('A' <= r && r <= 'Z') || ('0' <= r && r <= '9') {
+			return r
+		}
+		return -1
+	}, s)
 }
 
 // cut returns s as valid UTF-8 of at most n bytes, marked with … when cut.

@@ -162,6 +162,19 @@ func TestLongAPIMessageIsCut(t *testing.T) {
 	}
 }
 
+func TestErrorIDIsPlain(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusBadRequest)
+		_, _ = io.WriteString(w, `{"id":"bad\nrequest\u001b[2J","message":"m"}`)
+	}))
+	defer srv.Close()
+	hs := newHarnessURL(t, srv.URL, nil)
+	_, err := hs.restart(t, context.Background())
+	if err == nil || !strings.HasPrefix(err.Error(), "heroku api: 400 badrequest2J: ") {
+		t.Errorf("err = %q, want the id without control characters", err)
+	}
+}
+
 func TestParseError(t *testing.T) {
 	for _, tc := range []struct {
 		raw  string
