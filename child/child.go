@@ -1,6 +1,12 @@
 // Package child runs the worker command as a child process in its own
 // process group and stops it gracefully: the stop signal to the group, a wait,
 // then SIGKILL to whatever is left.
+//
+// Nothing of the group outlives the agent. When the agent dies without
+// stopping the worker (SIGKILL, a crash), the kernel sends the worker the stop
+// signal (Pdeathsig) and a guard process kills what is left of the group after
+// SHUTDOWN_WAIT (guard.go). When the worker exits by itself, what it left in
+// its group gets LeftoverWait, then SIGKILL.
 package child
 
 import (
@@ -11,6 +17,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"runtime"
 	"sync"
 	"syscall"
 	"time"
@@ -40,6 +47,12 @@ type Process struct {
 	Stderr       io.Writer
 	StopSignal   syscall.Signal // default SIGTERM
 	ShutdownWait time.Duration  // between the stop signal and SIGKILL
+	// LeftoverWait is how long processes the worker left in its group may
+	// run on after it exited by itself, before SIGKILL; DefaultLeftoverWait
+	// when zero. Exited reports the exit once they are gone. (With Stdout or
+	// Stderr not files, the wait starts once they let go of the output pipe
+	// or LeftoverWait has passed.)
+	LeftoverWait time.Duration
 	Logger       *slog.Logger
 
 	mu       sync.Mutex
@@ -49,7 +62,12 @@ type Process struct {
 	expected bool // the current spawn is being stopped on purpose
 	exited   chan *Exit
 	started  time.Time
+	guard    *guard // of the current spawn; nil when it could not start
 }
+
+// DefaultLeftoverWait is the default of Process.LeftoverWait: enough for a
+// pipeline's tail to finish writing, short enough not to hold up the exit.
+const DefaultLeftoverWait = 2 * time.Second
 
 // Start spawns the worker.
 func (p *Process) Start() error {
@@ -61,16 +79,53 @@ func (p *Process) Start() error {
 	cmd := exec.Command(p.Path, p.Args...)
 	cmd.Env = p.Env
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = p.Stdin, p.Stdout, p.Stderr
-	// Its own group, so stop signals reach every process the worker forks
-	// and a terminal's Ctrl-C reaches the agent first.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start worker: %w", err)
+	// Writers that are not files are fed through pipes, and Wait waits for
+	// every process holding them; bounded, a worker's exit is seen even while
+	// what it left behind still holds its output.
+	cmd.WaitDelay = p.leftoverWait()
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		// Its own group, so stop signals reach every process the worker
+		// forks and a terminal's Ctrl-C reaches the agent first.
+		Setpgid: true,
+		// The stop signal, not SIGKILL, when the agent dies without stopping
+		// it: the worker hands its jobs back as on any stop; the guard kills
+		// what is left after SHUTDOWN_WAIT. Go's fork re-checks the parent
+		// after setting it, so an agent dying mid-fork is covered too.
+		Pdeathsig: p.stopSignal(),
 	}
 	done := make(chan struct{})
+	started := make(chan error, 1)
+	go p.run(cmd, started, done)
+	if err := <-started; err != nil {
+		return &CommandError{Name: p.Path, Code: codeFor(err), Err: err}
+	}
 	p.cmd, p.done, p.state, p.expected, p.started = cmd, done, nil, false, time.Now()
-	go p.wait(cmd, done)
+	g, err := startGuard(cmd.Process.Pid, p.ShutdownWait)
+	if err != nil {
+		// The worker still gets the stop signal should the agent die; only
+		// what it forks could then outlive the agent.
+		p.logger().Warn("cannot start the guard of the worker's group", "event", "guard_failed", "err", err)
+	}
+	p.guard = g
 	return nil
+}
+
+// run forks the worker and waits for it on one OS thread, locked for the
+// worker's whole life. Linux sends the parent-death signal when the thread
+// that forked the child ends, not the process; a Go program ends a thread
+// whenever a goroutine locked to it returns without unlocking, which any
+// caller of Start might do. Forking from this goroutine, locked until the
+// worker has been reaped, ties the signal to the agent's death alone:
+// unlocked, the thread goes back to the runtime's pool, which never ends it.
+func (p *Process) run(cmd *exec.Cmd, started chan<- error, done chan struct{}) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	if err := cmd.Start(); err != nil {
+		started <- err
+		return
+	}
+	started <- nil
+	p.wait(cmd, done)
 }
 
 func (p *Process) wait(cmd *exec.Cmd, done chan struct{}) {
@@ -78,10 +133,31 @@ func (p *Process) wait(cmd *exec.Cmd, done chan struct{}) {
 	p.mu.Lock()
 	p.state = cmd.ProcessState
 	expected := p.expected
+	g := p.guard
 	p.mu.Unlock()
 	close(done)
-	if !expected {
-		p.exited <- exitOf(cmd.ProcessState)
+	if expected {
+		return // Terminate ends the group and its guard
+	}
+	p.endLeftovers(cmd.Process.Pid)
+	g.stop()
+	p.exited <- exitOf(cmd.ProcessState)
+}
+
+// endLeftovers gives what the worker left in its group LeftoverWait to end,
+// then kills it: with the worker gone nobody watches it, and it would hold
+// memory and jobs past the agent's exit.
+func (p *Process) endLeftovers(pgid int) {
+	wait := p.leftoverWait()
+	deadline := time.Now().Add(wait)
+	for groupAlive(pgid) {
+		if time.Now().After(deadline) {
+			p.logger().Warn("worker exited leaving processes in its group; killing them", "event", "worker_leftovers_kill", "pgid", pgid, "wait", wait)
+			_ = syscall.Kill(-pgid, syscall.SIGKILL)
+			waitGroupGone(pgid)
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 
@@ -171,13 +247,14 @@ func (p *Process) Terminate(ctx context.Context, sig syscall.Signal) (*Exit, err
 		return nil, errors.New("worker not started")
 	}
 	p.expected = true
-	pgid, done := p.cmd.Process.Pid, p.done
+	pgid, done, g := p.cmd.Process.Pid, p.done, p.guard
 	p.mu.Unlock()
 
 	log := p.logger()
 	if err := syscall.Kill(-pgid, sig); err != nil && !errors.Is(err, syscall.ESRCH) {
 		return nil, fmt.Errorf("signal worker group: %w", err)
 	}
+	defer g.stop() // from here on the group is gone when Terminate returns
 	log.Info("worker stopping", "event", "worker_stop", "pid", pgid, "signal", sigName(sig), "wait", p.ShutdownWait)
 	timer := time.NewTimer(p.ShutdownWait)
 	defer timer.Stop()
@@ -217,6 +294,13 @@ func (p *Process) lastExit() *Exit {
 		return nil
 	}
 	return exitOf(p.state)
+}
+
+func (p *Process) leftoverWait() time.Duration {
+	if p.LeftoverWait <= 0 {
+		return DefaultLeftoverWait
+	}
+	return p.LeftoverWait
 }
 
 func (p *Process) stopSignal() syscall.Signal {

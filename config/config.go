@@ -281,6 +281,7 @@ func (c *Config) Validate() Errors {
 			add(s.name, s.sched.Spec, problem, scheduleForm+", firings at least "+fmtEvery(s.minEvery)+" apart")
 		}
 	}
+	errs = append(errs, c.nameErrors()...)
 	if c.Platform == PlatformHeroku {
 		var missing []string
 		if c.Token() == "" {

@@ -5,11 +5,12 @@ package metrics
 
 import (
 	"context"
-	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -119,20 +120,59 @@ func (m *Metrics) JobGrowth(jobs []heartbeat.JobGrowth) {
 func (m *Metrics) APIError(status int) { m.apiErrors.WithLabelValues(strconv.Itoa(status)).Inc() }
 
 // Server serves /metrics on addr until ctx ends.
+//
+// The address is bound by Listen, before the worker starts, so that one
+// that cannot be bound (in use, not a local address, a privileged port) is a
+// configuration error seen at once: exit 2 before any job runs and with
+// nothing to drain. The alternatives are worse for the user of a supervisor:
+// running for weeks with nobody scraping it, or taking a busy worker down
+// with it. Once bound, the server never ends the agent: a serving error is
+// logged and the worker stays supervised, without metrics.
 type Server struct {
 	Addr    string
 	Metrics *Metrics
+	Logger  *slog.Logger // nil: errors go unlogged
 	// Ready, when set, receives the bound address once listening (tests use ":0").
 	Ready chan<- string
+
+	mu sync.Mutex
+	ln net.Listener
 }
 
-// Run listens and serves; it returns nil when ctx ends, once the server
-// has shut down.
-func (s *Server) Run(ctx context.Context) error {
+// Listen binds Addr. Run calls it when it was not called before.
+func (s *Server) Listen() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ln != nil {
+		return nil
+	}
 	ln, err := net.Listen("tcp", s.Addr)
 	if err != nil {
 		return fmt.Errorf("metrics listen on %s: %w", s.Addr, err)
 	}
+	s.ln = ln
+	return nil
+}
+
+// Close releases the address of a server that will not Run.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ln == nil {
+		return nil
+	}
+	return s.ln.Close()
+}
+
+// Run serves until ctx ends and returns nil then. It returns an error only
+// when it cannot bind Addr (Listen was not called first).
+func (s *Server) Run(ctx context.Context) error {
+	if err := s.Listen(); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	ln := s.ln
+	s.mu.Unlock()
 	if s.Ready != nil {
 		s.Ready <- ln.Addr().String()
 	}
@@ -143,14 +183,17 @@ func (s *Server) Run(ctx context.Context) error {
 	go func() { served <- srv.Serve(ln) }()
 	select {
 	case err := <-served:
-		return fmt.Errorf("metrics server: %w", err)
+		// A serving error never ends the agent: the worker stays supervised.
+		if s.Logger != nil {
+			s.Logger.Error("metrics server failed; the worker stays supervised, without metrics",
+				"event", "metrics_failed", "addr", ln.Addr().String(), "err", err)
+		}
+		return nil
 	case <-ctx.Done():
 	}
 	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 	defer cancel()
 	_ = srv.Shutdown(shutdownCtx)
-	if err := <-served; err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return fmt.Errorf("metrics server: %w", err)
-	}
+	<-served
 	return nil
 }

@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/exec"
 	"os/signal"
 	"runtime/debug"
 	"strconv"
@@ -123,9 +122,9 @@ func (c *CLI) check(args []string, stdout, stderr io.Writer) int {
 		return code
 	}
 	if len(command) > 0 {
-		if _, err := exec.LookPath(command[0]); err != nil {
-			fmt.Fprintf(stderr, "dynocycle: worker command %q not found: %v\n", command[0], err)
-			return 127
+		if _, err := child.LookPath(command[0]); err != nil {
+			fmt.Fprintln(stderr, "dynocycle:", err)
+			return child.ExitCode(err) // 127 not found, 126 not executable
 		}
 	}
 	cfg := p.cfg
@@ -176,17 +175,17 @@ func (c *CLI) run(ctx context.Context, args []string, stdout, stderr io.Writer) 
 
 	var proc *child.Process
 	if len(args) > 0 {
-		path, err := exec.LookPath(args[0])
+		path, err := child.LookPath(args[0])
 		if err != nil {
-			fmt.Fprintf(stderr, "dynocycle: worker command %q not found: %v\n", args[0], err)
-			return 127
+			fmt.Fprintln(stderr, "dynocycle:", err)
+			return child.ExitCode(err) // 127 not found, 126 not executable
 		}
 		proc = &child.Process{
 			Path: path, Args: args[1:], Stdin: c.Stdin, Stdout: stdout, Stderr: stderr,
 			StopSignal: cfg.StopSignal.Sig, ShutdownWait: cfg.ShutdownWait.D(), Logger: log,
 		}
 	}
-	sigs, stopSignals := c.signals(ctx)
+	sigs, stopSignals := c.signals(ctx, log)
 	defer stopSignals()
 
 	if cfg.OneOff() {
@@ -209,7 +208,7 @@ func (c *CLI) run(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if proc != nil {
 		if err := proc.Start(); err != nil {
 			fmt.Fprintln(stderr, "dynocycle:", err)
-			return 127
+			return child.ExitCode(err)
 		}
 		log.Info("worker started", "event", "worker_start", "dyno", svc.agent.Settings.Dyno, "pid", proc.Pid(), "command", args[0])
 	}
@@ -230,25 +229,21 @@ func (c *CLI) run(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	return exitOK
 }
 
-// signals delivers SIGTERM and SIGINT, and a SIGTERM when ctx ends, so an
-// in-process caller stops the agent the way the platform does. stop ends
-// both deliveries.
-func (c *CLI) signals(ctx context.Context) (sigs chan os.Signal, stop func()) {
-	sigs = c.Signals
-	if sigs == nil {
-		sigs = make(chan os.Signal, 4)
-		signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+// signals delivers the signals the agent acts on (see agentSignal), and a
+// SIGTERM when ctx ends, so an in-process caller stops the agent the way the
+// platform does. Call stop when done.
+func (c *CLI) signals(ctx context.Context, log *slog.Logger) (sigs <-chan os.Signal, stop func()) {
+	in := c.Signals
+	unsubscribe := func() {}
+	if in == nil {
+		ch := make(chan os.Signal, 4)
+		signal.Notify(ch, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT)
+		in, unsubscribe = ch, func() { signal.Stop(ch) }
 	}
-	stopAfter := context.AfterFunc(ctx, func() {
-		select {
-		case sigs <- syscall.SIGTERM:
-		default:
-		}
-	})
-	return sigs, func() {
-		stopAfter()
-		signal.Stop(sigs)
-	}
+	out := make(chan os.Signal, 4)
+	done := make(chan struct{})
+	go relaySignals(ctx, in, out, done, log)
+	return out, func() { unsubscribe(); close(done) }
 }
 
 // runPlain runs the command with signal forwarding and nothing else.
@@ -258,7 +253,7 @@ func runPlain(proc *child.Process, sigs <-chan os.Signal, log *slog.Logger) int 
 	}
 	if err := proc.Start(); err != nil {
 		log.Error("start worker", "err", err)
-		return 127
+		return child.ExitCode(err)
 	}
 	for {
 		select {

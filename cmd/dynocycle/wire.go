@@ -7,6 +7,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -101,10 +102,12 @@ func (c *CLI) buildAgent(ctx context.Context, cfg *config.Config, proc *child.Pr
 	a := &agent.Agent{Settings: settings, Meter: meter, Logger: log}
 	svc := &service{agent: a, close: func() {}}
 	var prom *metrics.Metrics
+	var metricsServer *metrics.Server
 	if cfg.MetricsAddr != "" {
 		prom = metrics.New(dyno, Version())
 		a.Metrics = prom
-		svc.loops = append(svc.loops, (&metrics.Server{Addr: cfg.MetricsAddr, Metrics: prom}).Run)
+		metricsServer = &metrics.Server{Addr: cfg.MetricsAddr, Metrics: prom, Logger: log}
+		svc.loops = append(svc.loops, metricsServer.Run)
 	}
 	fleetKind := "standalone"
 	var client *redis.Client
@@ -159,6 +162,20 @@ func (c *CLI) buildAgent(ctx context.Context, cfg *config.Config, proc *child.Pr
 			opts.OnFailure = prom.APIError
 		}
 		a.Restarter = platform.NewHeroku(opts)
+	}
+	// Bound last, before the worker starts: an address that cannot be bound
+	// is a configuration error (see metrics.Server).
+	if metricsServer != nil {
+		if err := metricsServer.Listen(); err != nil {
+			svc.close()
+			if inner := errors.Unwrap(err); inner != nil {
+				err = inner // the address is named once, by the error's variable
+			}
+			return nil, &config.Error{Var: "METRICS_ADDR", Value: cfg.MetricsAddr, Problem: "cannot listen: " + err.Error(),
+				Accepted: "a free host:port on this machine, such as 127.0.0.1:9394, or unset for no metrics"}
+		}
+		closeFleet := svc.close
+		svc.close = func() { _ = metricsServer.Close(); closeFleet() }
 	}
 	log.Info("agent starting", "event", "agent_start", "dyno", dyno, "version", Version(), "platform", plat,
 		"memory_source", meter.Source, "limit", bytesize.MB(limit), "critical", cfg.CriticalRSS.String(),
