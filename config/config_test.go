@@ -348,7 +348,7 @@ func TestMetricsAddr(t *testing.T) {
 
 func TestFleetScope(t *testing.T) {
 	for env, want := range map[[2]string]string{
-		{"", ""}: "", {"HEROKU_APP_ID", "01234567-89ab"}: "01234567-89ab", {"HEROKU_APP_NAME", "shop"}: "shop",
+		{"", ""}: "", {"HEROKU_APP_ID", "01234567-89ab-cdef-0123-456789abcdef"}: "01234567-89ab-cdef-0123-456789abcdef", {"HEROKU_APP_NAME", "shop"}: "shop",
 		{"FLEET_SCOPE", "shop-eu"}: "shop-eu", {"DYNOCYCLE_FLEET_SCOPE", "x:y"}: "x:y",
 	} {
 		m := map[string]string{}
