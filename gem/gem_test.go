@@ -421,7 +421,7 @@ func TestBundlerPathGemRunsTheProcfileLine(t *testing.T) {
 
 		cmd := exec.Command("bundle", "exec", "dynocycle", "run", "--",
 			"bundle", "exec", "sidekiq", "-r", jobs, "-c", "2", "-t", "10", "-q", "default")
-		cmd.Dir, cmd.Env = app, s.env("REDIS_URL="+srv.URL(), "MAX_RSS=2GB", "DYNO=worker.1")
+		cmd.Dir, cmd.Env = app, s.env("REDIS_URL="+srv.URL(), "MAX_RSS=2GB", "DYNO=worker.1", "FLEET_SCOPE=gem-test")
 		out := startCollecting(t, cmd)
 		waitForExe(t, cmd.Process.Pid, binary, out)
 
