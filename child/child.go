@@ -21,6 +21,9 @@ import (
 type Exit struct {
 	Code   int
 	Signal syscall.Signal // set when the worker was killed by a signal
+	// Started is when the worker that exited was started, telling one
+	// spawn's exit from the next one's.
+	Started time.Time
 }
 
 func (e *Exit) String() string {
@@ -69,11 +72,11 @@ func (p *Process) Start() error {
 	}
 	done := make(chan struct{})
 	p.cmd, p.done, p.state, p.expected, p.started = cmd, done, nil, false, time.Now()
-	go p.wait(cmd, done)
+	go p.wait(cmd, done, p.started)
 	return nil
 }
 
-func (p *Process) wait(cmd *exec.Cmd, done chan struct{}) {
+func (p *Process) wait(cmd *exec.Cmd, done chan struct{}, started time.Time) {
 	_ = cmd.Wait() // the exit status is read from ProcessState
 	p.mu.Lock()
 	p.state = cmd.ProcessState
@@ -81,7 +84,9 @@ func (p *Process) wait(cmd *exec.Cmd, done chan struct{}) {
 	p.mu.Unlock()
 	close(done)
 	if !expected {
-		p.exited <- exitOf(cmd.ProcessState)
+		e := exitOf(cmd.ProcessState)
+		e.Started = started
+		p.exited <- e
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -75,5 +76,41 @@ func TestMetricsAfterARestart(t *testing.T) {
 		if !strings.Contains(body, want) {
 			t.Errorf("scrape lacks %q", want)
 		}
+	}
+}
+
+// A worker that exits by itself on its quiet signal, as Resque does on
+// QUIT: that exit is its drain, and the agent restarts it in place instead
+// of ending (which on a fleet left the lease held until it ran out).
+func TestAWorkerThatExitsOnQuietIsRestartedInPlace(t *testing.T) {
+	env := []string{
+		"MAX_RSS=40MB", "CHECK_SCHEDULE=@every 1s", "SUSTAIN_CHECKS=2", "MIN_UPTIME=1s",
+		"GRACE_TIME=30s", "QUIET_SIGNAL=QUIT", "SHUTDOWN_WAIT=5s", "CONFIRM_AFTER=1s",
+		"BLOAT_MB=8", "JOB_MS=200",
+	}
+	// The shell is the worker: QUIT makes it exit 0 at once, as Resque does
+	// once its job is done.
+	agent, out := startAgent(t, env, "sh", "-c", `trap 'exit 0' QUIT; bloater & wait`)
+	testutil.Eventually(t, 90*time.Second, "a restart in place after the worker left on QUIT", func() bool {
+		return len(out.matches(regexp.MustCompile(`event=worker_exit_quiet`))) >= 1 &&
+			len(out.matches(regexp.MustCompile(`event=restarted`))) >= 1 &&
+			len(out.matches(bloaterPID)) >= 2
+	})
+	if !alive(agent.Process.Pid) {
+		t.Fatal("the agent ended when the quieted worker exited")
+	}
+	// Counted as drained long before GRACE_TIME.
+	if n := len(out.matches(regexp.MustCompile(`event=drain_timeout`))); n != 0 {
+		t.Errorf("%d drain timeouts, want the exit to count as drained", n)
+	}
+	if err := agent.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- agent.Wait() }()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("agent did not exit after SIGTERM")
 	}
 }
