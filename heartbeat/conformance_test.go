@@ -11,6 +11,7 @@ import (
 	"github.com/dynocycle/dynocycle/heartbeat"
 	"github.com/dynocycle/dynocycle/internal/fleettest"
 	"github.com/dynocycle/dynocycle/internal/testredis"
+	"github.com/dynocycle/dynocycle/internal/testutil"
 )
 
 // redisStore is one app's fleet on a private redis-server; every member
@@ -31,17 +32,8 @@ func (s *redisStore) Join(t *testing.T, dyno string) fleettest.Fleet {
 		Now: s.opts.Now, Logger: slog.New(slog.DiscardHandler),
 	})
 	// The freed-slot subscriber runs beside each member, as the command
-	// runs it beside the agent; it is waited for when the test ends.
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = f.Run(ctx)
-	}()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-	})
+	// runs it beside the agent.
+	testutil.Loop(t, f.Run)
 	return f
 }
 

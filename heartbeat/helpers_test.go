@@ -11,6 +11,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/dynocycle/dynocycle/internal/testredis"
+	"github.com/dynocycle/dynocycle/internal/testutil"
 )
 
 func newLogger(w io.Writer) *slog.Logger {
@@ -46,16 +47,7 @@ func newFleet(t testing.TB, srv *testredis.Server, opts RedisOptions) *Redis {
 // command runs it beside the agent.
 func subscribe(t testing.TB, f *Redis) {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = f.Run(ctx)
-	}()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-	})
+	testutil.Loop(t, f.Run)
 }
 
 // waitSignal waits for one signal on ch.

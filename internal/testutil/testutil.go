@@ -1,6 +1,7 @@
 // Package testutil holds the helpers every package's tests share: polling
 // with a deadline instead of sleeping, a buffer safe for the many goroutines
-// that log at once, and a settable clock. Only tests import it.
+// that log at once, a settable clock, and loops run for the length of a
+// test. Only tests import it.
 package testutil
 
 import (
@@ -36,6 +37,22 @@ func Until(ctx context.Context, t testing.TB, what string, cond func() bool) {
 		case <-tick.C:
 		}
 	}
+}
+
+// Loop runs a long-running loop (a Run(ctx) method) until the test ends,
+// then cancels it and waits for it, as the command runs its loops.
+func Loop(t testing.TB, run func(ctx context.Context) error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = run(ctx)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
 }
 
 // Buffer is a bytes.Buffer that many goroutines may write at once: a
