@@ -7,7 +7,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -89,8 +88,8 @@ func TestAWorkerThatExitsOnQuietIsRestartedInPlace(t *testing.T) {
 		"BLOAT_MB=8", "JOB_MS=200",
 	}
 	// The shell is the worker: QUIT makes it exit 0 at once, as Resque does
-	// once its job is done.
-	agent, out := startAgent(t, env, "sh", "-c", `trap 'exit 0' QUIT; bloater & wait`)
+	// once its job is done; so does TERM, for a clean stop at the end.
+	agent, out := startAgent(t, env, "sh", "-c", `trap 'exit 0' QUIT TERM; bloater & wait`)
 	testutil.Eventually(t, 90*time.Second, "a restart in place after the worker left on QUIT", func() bool {
 		return len(out.matches(regexp.MustCompile(`event=worker_exit_quiet`))) >= 1 &&
 			len(out.matches(regexp.MustCompile(`event=restarted`))) >= 1 &&
@@ -103,14 +102,10 @@ func TestAWorkerThatExitsOnQuietIsRestartedInPlace(t *testing.T) {
 	if n := len(out.matches(regexp.MustCompile(`event=drain_timeout`))); n != 0 {
 		t.Errorf("%d drain timeouts, want the exit to count as drained", n)
 	}
-	if err := agent.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
+	var pids []int
+	for _, m := range out.matches(bloaterPID) {
+		pid, _ := strconv.Atoi(m[1])
+		pids = append(pids, pid)
 	}
-	done := make(chan error, 1)
-	go func() { done <- agent.Wait() }()
-	select {
-	case <-done:
-	case <-time.After(30 * time.Second):
-		t.Fatal("agent did not exit after SIGTERM")
-	}
+	stopAgent(t, agent, func() []int { return pids })
 }
