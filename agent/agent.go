@@ -9,7 +9,9 @@
 // platform), which carries the restart out.
 //
 // Agent.Run owns the agent's own goroutines (the check loop, the signal
-// handler, the worker's exit) and waits for each. The loops of other
+// handler, the worker's exit, the lease keeper) and waits for each; as it
+// ends it releases its lease, or hands it over to the agent that replaces
+// it. The loops of other
 // packages (the Redis subscriber, the Sidekiq reader, the metrics server)
 // are started and stopped beside it by cmd/dynocycle, in one group.
 //
@@ -29,6 +31,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/dynocycle/dynocycle/child"
 	"github.com/dynocycle/dynocycle/heartbeat"
 	"github.com/dynocycle/dynocycle/internal/bytesize"
 )
@@ -41,7 +44,7 @@ type Settings struct {
 	RestartSchedule Schedule // nil: no rolling restarts
 	GraceTime       time.Duration
 	ConfirmAfter    time.Duration
-	LeaseRenew      time.Duration // how often a held lease is renewed while quieting and draining
+	LeaseRenew      time.Duration // how often a held lease is renewed, at every step until it is let go
 	DryRun          bool
 	Dyno            string
 	Version         string
@@ -90,7 +93,8 @@ type Agent struct {
 	Metrics   Metrics // nil: none
 	Now       func() time.Time
 
-	st loopState
+	st    loopState
+	lease leaseKeeper
 }
 
 // loopState is what the check loop carries from one check to the next. Only
@@ -109,6 +113,24 @@ type loopState struct {
 
 	sampleLoggedAt time.Time
 	logged         logOnce
+}
+
+// leaseKeeper is the lease this agent holds and how it lets go of it,
+// shared by the check loop, the keeper goroutine (keepLease), the worker's
+// exit watcher and the end of Run; mu guards it.
+type leaseKeeper struct {
+	mu sync.Mutex
+	// held is renewed every LeaseRenew until it is released or the agent
+	// ends: the restart's lease, or the one pending confirmation.
+	held *heartbeat.Lease
+	// replaced is set once a restart was requested after which another
+	// agent process carries on; the lease is then handed over, never
+	// released, when this agent ends.
+	replaced   bool
+	handedOver bool
+	// quietedStart is the start of the worker that was sent the quiet
+	// signal: its exit is the drain, not the end of the agent.
+	quietedStart time.Time
 }
 
 // logOnce remembers, per event, the last value logged, so a condition that
@@ -157,16 +179,27 @@ func (a *Agent) Run(ctx context.Context) error {
 	g.Go(func() error { return a.handleSignals(ctx, stopWatching) })
 	if a.Child != nil {
 		g.Go(func() error {
-			select {
-			case <-ctx.Done():
-				return ctx.Err()
-			case e := <-a.Child.Exited():
-				a.Logger.Info("worker exited", "event", "worker_exit", "code", e.Code)
-				return &ExitError{Code: e.Code, Err: errors.New(e.String())}
+			for {
+				select {
+				case <-ctx.Done():
+					return ctx.Err()
+				case e := <-a.Child.Exited():
+					if a.exitIsDrain(e) {
+						// As Resque does on QUIT: the restart goes on.
+						a.Logger.Info("worker exited after the quiet signal; counted as drained", "event", "worker_exit_quiet", "code", e.Code)
+						continue
+					}
+					a.Logger.Info("worker exited", "event", "worker_exit", "code", e.Code)
+					return &ExitError{Code: e.Code, Err: errors.New(e.String())}
+				}
 			}
 		})
 	}
+	g.Go(func() error { return a.keepLease(ctx) })
 	err := g.Wait()
+	// Every exit path lets go of the lease: released, or handed over to the
+	// agent that replaces this one. Its own bounded context: ctx has ended.
+	a.letGo(context.WithoutCancel(ctx))
 	// The worker must not outlive the agent: another loop failed, or a
 	// restart in place started a new worker while a signal was stopping the old.
 	if a.Child != nil && a.Child.Running() {
@@ -382,15 +415,14 @@ func (a *Agent) restart(ctx context.Context, lease heartbeat.Lease, reason strin
 		a.setState(heartbeat.StateWatching)
 		return nil
 	}
-	renewCtx, stopRenew := context.WithCancel(ctx)
-	var renewing sync.WaitGroup
-	renewing.Go(func() { a.renew(renewCtx, lease, log) })
-	defer func() {
-		stopRenew()
-		renewing.Wait()
-	}()
+	// From here on the keeper renews the lease at every step, until it is
+	// released or handed over and this agent ends.
+	a.keep(&lease)
 
 	if a.Quieter != nil {
+		a.lease.mu.Lock()
+		a.lease.quietedStart = a.workerStartedAt()
+		a.lease.mu.Unlock()
 		if err := a.quietAndDrain(ctx, log, rss); err != nil {
 			return err
 		}
@@ -401,9 +433,13 @@ func (a *Agent) restart(ctx context.Context, lease heartbeat.Lease, reason strin
 	log.Warn("restarting", "event", "restart", "rss", bytesize.MB(rss), "limit", bytesize.MB(a.Settings.Limit),
 		"count#dynocycle.restart", 1, a.topJobs())
 	a.Metrics.Restart(reason)
+	if a.Restarter.ReplacesAgent() {
+		a.lease.mu.Lock()
+		a.lease.replaced = true
+		a.lease.mu.Unlock()
+		lease = a.handOver(ctx, lease, log)
+	}
 	next, err := a.Restarter.Restart(ctx, reason)
-	stopRenew()
-	renewing.Wait()
 	a.st.restarts++
 	a.st.lastReason = reason
 	a.st.last = Decision{}
@@ -458,26 +494,109 @@ func (a *Agent) quietAndDrain(ctx context.Context, log *slog.Logger, rss uint64)
 	return nil
 }
 
-func (a *Agent) renew(ctx context.Context, lease heartbeat.Lease, log *slog.Logger) {
+// keepLease renews the lease the agent holds every LeaseRenew, so that
+// the slot stays visibly taken at every step of a restart and is restored
+// at once should Redis lose its data.
+func (a *Agent) keepLease(ctx context.Context) error {
 	every := a.Settings.LeaseRenew
 	if every <= 0 {
-		every = 10 * time.Second
+		every = 5 * time.Second
 	}
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			return
+			return ctx.Err()
 		case <-t.C:
+			lease, ok := a.keptLease()
+			if !ok {
+				continue
+			}
 			// Once quiet, the restart goes through even if the lease is lost:
 			// a quiet worker takes no jobs, so stopping would be worse.
 			if err := a.Fleet.Renew(ctx, lease); err != nil && ctx.Err() == nil {
 				a.Metrics.FleetError("renew")
-				log.Warn("lease renewal failed; finishing the restart already under way", "event", "lease_renew_failed", "err", err)
+				a.Logger.Warn("lease renewal failed; finishing the restart already under way", "event", "lease_renew_failed",
+					"slot", lease.Slot, "token", lease.Token, "err", err)
 			}
 		}
 	}
+}
+
+// keep makes l the lease the keeper renews; nil once it is let go.
+func (a *Agent) keep(l *heartbeat.Lease) {
+	a.lease.mu.Lock()
+	defer a.lease.mu.Unlock()
+	a.lease.held = l
+}
+
+func (a *Agent) keptLease() (heartbeat.Lease, bool) {
+	a.lease.mu.Lock()
+	defer a.lease.mu.Unlock()
+	if a.lease.held == nil {
+		return heartbeat.Lease{}, false
+	}
+	return *a.lease.held, true
+}
+
+// handOver records on the lease that the platform is about to replace this
+// dyno. Failing that the restart still goes on; the hand-over is tried again
+// as the agent ends.
+func (a *Agent) handOver(ctx context.Context, lease heartbeat.Lease, log *slog.Logger) heartbeat.Lease {
+	h, err := a.Fleet.HandOver(ctx, lease)
+	if err != nil {
+		a.Metrics.FleetError("handover")
+		log.Warn("cannot hand the lease over before the restart; will retry as the agent ends", "event", "lease_handover_failed", "err", err)
+		return lease
+	}
+	log.Info("lease handed over to the dyno that replaces this one", "event", "lease_handover",
+		"process_type", h.ProcessType, "restart_at", h.RestartAt)
+	a.lease.mu.Lock()
+	a.lease.handedOver = true
+	a.lease.held = &h
+	a.lease.mu.Unlock()
+	return h
+}
+
+// letGo makes sure no exit of the agent leaves its lease held: a lease
+// whose dyno the platform replaces is handed over to the agent that
+// replaces it; any other is released.
+func (a *Agent) letGo(ctx context.Context) {
+	lease, ok := a.keptLease()
+	if !ok {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	a.lease.mu.Lock()
+	replaced, handedOver := a.lease.replaced, a.lease.handedOver
+	a.lease.mu.Unlock()
+	log := a.Logger.With("slot", lease.Slot, "token", lease.Token)
+	if replaced {
+		if !handedOver {
+			a.handOver(ctx, lease, log)
+		}
+		return
+	}
+	err := a.Fleet.Release(ctx, lease)
+	switch {
+	case err == nil:
+		log.Info("agent ending; lease released", "event", "lease_released")
+	case errors.Is(err, heartbeat.ErrNotHolder):
+	default:
+		a.Metrics.FleetError("release")
+		log.Warn("agent ending; cannot release the lease, it runs out by itself", "event", "lease_release_failed", "err", err)
+	}
+	a.keep(nil)
+}
+
+// exitIsDrain reports whether a worker exit is the quieted worker leaving
+// on its own during its restart: that exit is its drain.
+func (a *Agent) exitIsDrain(e *child.Exit) bool {
+	a.lease.mu.Lock()
+	defer a.lease.mu.Unlock()
+	return !a.lease.quietedStart.IsZero() && e.Started.Equal(a.lease.quietedStart)
 }
 
 // awaitTermination waits for the platform's SIGTERM after an API restart;
@@ -528,8 +647,12 @@ func (a *Agent) lookUpHeld(ctx context.Context) {
 	a.st.heldKnown = true
 	if ok {
 		a.st.pending = &lease
-		a.Logger.Info("holding the restart lease from before the restart; releasing it once the worker is healthy",
-			"event", "lease_pending", "slot", lease.Slot, "token", lease.Token)
+		a.keep(&lease) // renewed while the worker boots
+		log := a.Logger.With("event", "lease_pending", "slot", lease.Slot, "token", lease.Token)
+		if lease.HandedOver() {
+			log = log.With("holder", lease.Holder, "handed_over_at", lease.RestartAt)
+		}
+		log.Info("holding the restart lease from before the restart; releasing it once the worker is healthy")
 	}
 }
 
@@ -560,6 +683,7 @@ func (a *Agent) releasePending(ctx context.Context, why string) {
 		return
 	}
 	a.st.pending = nil
+	a.keep(nil)
 	a.Logger.Info(why+"; lease released", "event", "lease_released", "slot", lease.Slot, "token", lease.Token)
 }
 

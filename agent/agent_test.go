@@ -90,9 +90,17 @@ type fakeQuieter struct {
 	drainErr error
 	// drained, when set, is polled until true before Drain returns.
 	drained func() bool
+	// onQuiet runs when the quiet signal is sent (a worker that exits on it).
+	onQuiet func()
 }
 
-func (w *fakeQuieter) Quiet(context.Context) error { w.rec.add("quiet"); return nil }
+func (w *fakeQuieter) Quiet(context.Context) error {
+	w.rec.add("quiet")
+	if w.onQuiet != nil {
+		w.onQuiet()
+	}
+	return nil
+}
 func (w *fakeQuieter) Drain(ctx context.Context) error {
 	w.rec.add("drain")
 	for w.drained != nil && !w.drained() {
@@ -117,6 +125,13 @@ type fakeFleet struct {
 	mu            sync.Mutex
 	renewals      int
 	renewFailures int
+	byState       map[heartbeat.State]int // renewals by the last state published
+}
+
+func (f *fakeFleet) renewedIn(state heartbeat.State) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.byState[state]
 }
 
 func (f *fakeFleet) Held(ctx context.Context) (heartbeat.Lease, bool, error) {
@@ -140,9 +155,14 @@ func (f *fakeFleet) Acquire(ctx context.Context) (heartbeat.Lease, error) {
 }
 
 func (f *fakeFleet) Renew(ctx context.Context, l heartbeat.Lease) error {
+	state := f.Local.Presence().State
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.renewals++
+	if f.byState == nil {
+		f.byState = map[heartbeat.State]int{}
+	}
+	f.byState[state]++
 	if f.renewErr != nil || (f.renewOKFor > 0 && f.renewals > f.renewOKFor) {
 		f.renewFailures++
 		return errors.Join(f.renewErr, errors.New("redis: connection refused"))
@@ -161,6 +181,17 @@ func (f *fakeFleet) Release(ctx context.Context, l heartbeat.Lease) error {
 	return f.Local.Release(ctx, l)
 }
 
+func (f *fakeFleet) HandOver(ctx context.Context, l heartbeat.Lease) (heartbeat.Lease, error) {
+	f.rec.add("handover")
+	return f.Local.HandOver(ctx, l)
+}
+
+func (f *fakeFleet) renewCount() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.renewals
+}
+
 type fakeRestarter struct {
 	rec  *recorder
 	next Next
@@ -168,6 +199,10 @@ type fakeRestarter struct {
 	// onRestart runs inside Restart (a restart in place resets memory).
 	onRestart func()
 }
+
+// ReplacesAgent: as the real restarters, every restart but one in place
+// is carried on by another agent process.
+func (r *fakeRestarter) ReplacesAgent() bool { return r.next != Continue }
 
 func (r *fakeRestarter) Restart(ctx context.Context, reason string) (Next, error) {
 	r.rec.add("restart:" + reason)
@@ -188,6 +223,8 @@ type fakeChild struct {
 	// it is closed; a cancelled ctx meanwhile is a SIGKILL, as for a real
 	// worker.
 	stopping chan struct{}
+	// onTerminate runs inside Terminate.
+	onTerminate func()
 }
 
 func newFakeChild(rec *recorder) *fakeChild {
@@ -212,6 +249,9 @@ func (c *fakeChild) Running() bool {
 }
 func (c *fakeChild) Terminate(ctx context.Context, sig syscall.Signal) (*child.Exit, error) {
 	c.rec.add("terminate:" + sig.String())
+	if c.onTerminate != nil {
+		c.onTerminate() // the worker takes its time to stop
+	}
 	if c.stopping != nil {
 		select {
 		case <-ctx.Done():
@@ -327,9 +367,8 @@ func TestLeaseIsReleasedOnceTheNewWorkerIsHealthy(t *testing.T) {
 
 func TestNoSlotMeansNoQuiet(t *testing.T) {
 	h := newHarness(t, 600*mb)
-	h.fleet.Local.Dyno = "worker.2" // another dyno's restart holds the only slot
-	other, err := h.fleet.Local.Acquire(context.Background())
-	h.fleet.Local.Dyno = "worker.1"
+	w2 := h.fleet.Local.Join("worker.2") // another dyno's restart holds the only slot
+	other, err := w2.Acquire(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -342,7 +381,7 @@ func TestNoSlotMeansNoQuiet(t *testing.T) {
 		t.Fatalf("worker quieted %d times without a lease", n)
 	}
 	// The slot is freed: the waiting agent takes it and restarts.
-	if err := h.fleet.Local.Release(context.Background(), other); err != nil {
+	if err := w2.Release(context.Background(), other); err != nil {
 		t.Fatal(err)
 	}
 	// Memory stays high, so restarts follow one another: wait for the first.
@@ -565,9 +604,7 @@ func TestAWorkerStillRunningWhenTheAgentEndsIsStopped(t *testing.T) {
 func TestALeaseFromBeforeTheRestartIsReleasedEvenIfRedisWasDownAtStart(t *testing.T) {
 	h := newHarness(t, 100*mb)
 	h.agent.Settings.ConfirmAfter = 0
-	if _, err := h.fleet.Local.Acquire(context.Background()); err != nil { // taken by this dyno's previous life
-		t.Fatal(err)
-	}
+	h.fleet.Local = previousLife(t)
 	h.fleet.heldFails = 3
 	h.start()
 	testutil.Eventually(t, within, "the old lease released", func() bool { return h.rec.count("release") == 1 })
@@ -587,5 +624,196 @@ func TestARestartUnderWayFinishesWhenRedisGoesAwayMidDrain(t *testing.T) {
 	h.stop(t)
 	if got := h.rec.list()[:4]; !slices.Equal(got, []string{"acquire", "quiet", "drain", "restart:max_rss"}) {
 		t.Errorf("events = %v: a quiet worker must be restarted even when the lease cannot be renewed", got)
+	}
+}
+
+// previousLife is this dyno's previous agent process: it took the lease and
+// handed it over before the platform restart. It returns the fleet of the
+// agent that replaces it, started afterwards.
+func previousLife(t *testing.T) *heartbeat.Local {
+	t.Helper()
+	old := heartbeat.NewLocal("worker.1", 1)
+	l, err := old.Acquire(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := old.HandOver(context.Background(), l); err != nil {
+		t.Fatal(err)
+	}
+	return old.Join("worker.1")
+}
+
+func TestTheRebornDynoRenewsTheLeaseWhileItsWorkerBootsThenReleasesIt(t *testing.T) {
+	h := newHarness(t, 100*mb)
+	h.agent.Settings.ConfirmAfter = 300 * time.Millisecond
+	h.fleet.Local = previousLife(t)
+	h.start()
+	testutil.Eventually(t, within, "the claimed lease released", func() bool { return h.rec.count("release") == 1 })
+	h.stop(t)
+	if n := h.fleet.renewCount(); n < 3 {
+		t.Errorf("%d renewals while the worker booted, want several", n)
+	}
+	if _, held, _ := h.fleet.Local.Held(context.Background()); held {
+		t.Error("lease still held")
+	}
+}
+
+// A platform restart: the lease is handed over before the API call, renewed
+// while the agent awaits the platform's TERM, and left to the successor
+// when the agent ends.
+func TestAPlatformRestartHandsTheLeaseOverAndKeepsRenewingIt(t *testing.T) {
+	h := newHarness(t, 600*mb)
+	h.restarter.next = AwaitTermination
+	h.agent.Settings.TerminationWait = time.Minute
+	h.start()
+	testutil.Eventually(t, within, "the API restart", func() bool { return h.rec.count("restart:max_rss") == 1 })
+	got := h.rec.list()
+	if i, j := slices.Index(got, "handover"), slices.Index(got, "restart:max_rss"); i < 0 || i > j {
+		t.Fatalf("events %v: the hand-over must come before the restart request", got)
+	}
+	before := h.fleet.renewCount()
+	testutil.Eventually(t, within, "renewals while awaiting TERM", func() bool { return h.fleet.renewCount() >= before+5 })
+	h.signals <- syscall.SIGTERM
+	if err := h.wait(t); err != nil && !errors.As(err, new(*ExitError)) {
+		t.Fatal(err)
+	}
+	if h.rec.count("release") != 0 {
+		t.Errorf("the handed-over lease was released: %v", h.rec.list())
+	}
+	lease, held, _ := h.fleet.Local.Held(context.Background())
+	if !held || !lease.HandedOver() {
+		t.Fatalf("lease after the agent ended = %+v, %v; want it handed over", lease, held)
+	}
+	reborn := h.fleet.Local.Join("worker.1")
+	if got, ok, _ := reborn.Held(context.Background()); !ok || got.Token != lease.Token {
+		t.Errorf("the reborn dyno cannot claim the lease: %+v, %v", got, ok)
+	}
+}
+
+// As Resque does on QUIT: the worker exits on the quiet signal. That is its
+// drain; the restart goes on instead of the agent ending with the lease.
+func TestAWorkerThatExitsOnQuietCountsAsDrained(t *testing.T) {
+	for _, next := range []Next{Continue, AwaitTermination, Exit} {
+		t.Run(fmt.Sprint(next), func(t *testing.T) {
+			h := newHarness(t, 600*mb)
+			h.restarter.next = next
+			h.agent.Settings.TerminationWait = time.Minute
+			h.agent.Settings.GraceTime = time.Minute
+			w := h.agent.Quieter.(*fakeQuieter)
+			exited := make(chan struct{})
+			w.onQuiet = func() { h.child.exited <- &child.Exit{Code: 0, Started: h.child.StartedAt()}; close(exited) }
+			// Drain returns once the worker is gone, as worker.Signals does.
+			w.drained = func() bool {
+				select {
+				case <-exited:
+					return true
+				default:
+					return false
+				}
+			}
+			h.restarter.onRestart = func() { h.meter.set(100 * mb); h.child.restarted() }
+			h.start()
+			testutil.Eventually(t, within, "the restart", func() bool { return h.rec.count("restart:max_rss") == 1 })
+			var err error
+			switch next {
+			case Continue:
+				h.meter.moreChecks(t, 3)
+				err = h.stop(t)
+			case AwaitTermination:
+				h.signals <- syscall.SIGTERM
+				err = h.wait(t)
+			case Exit:
+				err = h.wait(t)
+			}
+			var ee *ExitError
+			wantCode := map[Next]int{Continue: -1, AwaitTermination: 0, Exit: ExitCodeRestart}[next]
+			if wantCode >= 0 && (!errors.As(err, &ee) || ee.Code != wantCode) {
+				t.Fatalf("agent ended with %v, want exit %d", err, wantCode)
+			}
+			if next == Continue && errors.As(err, &ee) {
+				t.Fatalf("agent ended with %v while the new worker ran", err)
+			}
+		})
+	}
+}
+
+func TestNoExitOfTheAgentLeavesItsLeaseHeld(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name string
+		set  func(h *harness)
+		end  func(t *testing.T, h *harness)
+	}{
+		{"signal while draining", func(h *harness) {
+			h.agent.Quieter.(*fakeQuieter).drained = func() bool { return false }
+			h.agent.Settings.GraceTime = time.Minute
+		}, func(t *testing.T, h *harness) {
+			testutil.Eventually(t, within, "the drain", func() bool { return h.rec.count("drain") == 1 })
+			h.signals <- syscall.SIGTERM
+			h.wait(t)
+		}},
+		{"worker crashes before its restart is confirmed", func(h *harness) {
+			h.restarter.onRestart = func() { h.meter.set(100 * mb); h.child.restarted() }
+		}, func(t *testing.T, h *harness) {
+			testutil.Eventually(t, within, "the restart in place", func() bool { return h.rec.count("restart:max_rss") == 1 })
+			h.meter.moreChecks(t, 2)
+			h.child.exited <- &child.Exit{Code: 1, Started: h.child.StartedAt()}
+			h.wait(t)
+		}},
+		{"restart in place fails", func(h *harness) {
+			h.restarter.err = errors.New("start worker: exec: no such file")
+		}, func(t *testing.T, h *harness) { h.wait(t) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t, 600*mb)
+			tc.set(h)
+			h.start()
+			tc.end(t, h)
+			if _, held, _ := h.fleet.Local.Held(ctx); held {
+				t.Fatalf("lease still held after the agent ended: %v", h.rec.list())
+			}
+			if h.rec.count("handover") != 0 {
+				t.Errorf("handed over though no other agent carries on: %v", h.rec.list())
+			}
+		})
+	}
+	// The platform's restart failed: the dyno crash-restarts, so the lease
+	// is handed over for the agent that comes next, not released.
+	h := newHarness(t, 600*mb)
+	h.restarter.next, h.restarter.err = Exit, errors.New("heroku api: 500 after 5 attempts")
+	h.start()
+	h.wait(t)
+	lease, held, _ := h.fleet.Local.Held(ctx)
+	if !held || !lease.HandedOver() || h.rec.count("release") != 0 {
+		t.Fatalf("after a failed platform restart: lease %+v held %v, events %v; want it handed over", lease, held, h.rec.list())
+	}
+}
+
+// Renewed at every step: while quieting and draining, while the platform
+// is asked, while the agent awaits the TERM, and after it until the worker
+// has stopped (Redis may lose its data at any of them).
+func TestTheLeaseIsRenewedAtEveryStep(t *testing.T) {
+	h := newHarness(t, 600*mb)
+	h.restarter.next = AwaitTermination
+	h.agent.Settings.TerminationWait = time.Minute
+	h.agent.Settings.GraceTime = time.Minute
+	h.agent.Quieter.(*fakeQuieter).drained = func() bool { return h.fleet.renewedIn(heartbeat.StateDraining) >= 3 }
+	h.restarter.onRestart = func() {
+		testutil.Eventually(t, within, "renewals while the platform is asked", func() bool { return h.fleet.renewedIn(heartbeat.StateRestarting) >= 3 })
+	}
+	var afterTerm int
+	h.child.onTerminate = func() {
+		start := h.fleet.renewCount()
+		testutil.Eventually(t, within, "renewals while the worker stops after TERM", func() bool { return h.fleet.renewCount() >= start+3 })
+		afterTerm = h.fleet.renewCount() - start
+	}
+	h.start()
+	testutil.Eventually(t, within, "the API restart", func() bool { return h.rec.count("restart:max_rss") == 1 })
+	before := h.fleet.renewCount()
+	testutil.Eventually(t, within, "renewals while awaiting TERM", func() bool { return h.fleet.renewCount() >= before+3 })
+	h.signals <- syscall.SIGTERM
+	h.wait(t)
+	if afterTerm < 3 {
+		t.Errorf("%d renewals after TERM", afterTerm)
 	}
 }

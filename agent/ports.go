@@ -79,6 +79,11 @@ const (
 // one (package platform).
 type Restarter interface {
 	Restart(ctx context.Context, reason string) (Next, error)
+	// ReplacesAgent reports whether another agent process carries on after
+	// the restart (the platform replaces the dyno, or a supervisor starts
+	// the agent again): the agent then hands its lease over before
+	// restarting instead of releasing it.
+	ReplacesAgent() bool
 }
 
 // Metrics receives what the agent observes; a Prometheus implementation

@@ -28,6 +28,9 @@ import (
 type Exit struct {
 	Code   int
 	Signal syscall.Signal // set when the worker was killed by a signal
+	// Started is when the worker that exited was started, telling one
+	// spawn's exit from the next one's.
+	Started time.Time
 }
 
 func (e *Exit) String() string {
@@ -134,6 +137,8 @@ func (p *Process) wait(cmd *exec.Cmd, done chan struct{}) {
 	p.state = cmd.ProcessState
 	expected := p.expected
 	g := p.guard
+	// Start holds mu until started is set, so this is the start of this spawn.
+	started := p.started
 	p.mu.Unlock()
 	close(done)
 	if expected {
@@ -141,7 +146,9 @@ func (p *Process) wait(cmd *exec.Cmd, done chan struct{}) {
 	}
 	p.endLeftovers(cmd.Process.Pid)
 	g.stop()
-	p.exited <- exitOf(cmd.ProcessState)
+	e := exitOf(cmd.ProcessState)
+	e.Started = started
+	p.exited <- e
 }
 
 // endLeftovers gives what the worker left in its group LeftoverWait to end,

@@ -75,6 +75,12 @@ type Config struct {
 	LogFormat             string   `envconfig:"LOG_FORMAT" default:"logfmt"`
 	LogLevel              string   `envconfig:"LOG_LEVEL" default:"info"`
 	DryRun                bool     `envconfig:"DRY_RUN"`
+
+	// The fleet lease's hand-over (see heartbeat.Redis).
+	// BootAllowance: how long a lease handed over by a dyno the platform
+	// replaces waits for the new dyno to claim it; also how long an empty
+	// Redis grants no new lease.
+	BootAllowance Duration `envconfig:"BOOT_ALLOWANCE" default:"2m"`
 }
 
 // Error is one bad setting: the variable, what is wrong, and the accepted form.
@@ -466,6 +472,7 @@ func (c *Config) Print(w io.Writer) {
 		{"LOG_FORMAT", c.LogFormat},
 		{"LOG_LEVEL", c.LogLevel},
 		{"DRY_RUN", fmt.Sprint(c.DryRun)},
+		{"BOOT_ALLOWANCE", c.BootAllowance.String()},
 	}
 	for _, r := range rows {
 		fmt.Fprintf(w, "%s=%s\n", r.k, r.v)

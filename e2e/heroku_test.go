@@ -28,6 +28,9 @@ var bloatingDyno = []string{
 	"GRACE_TIME=2s", "SHUTDOWN_WAIT=5s", "CONFIRM_AFTER=2s",
 	"MAX_CONCURRENT_RESTARTS=1", "MIN_HEALTHY_PEERS=1",
 	"BLOAT_MB=2", "JOB_MS=250",
+	// A new dyno's agent claims a handed-over lease within a second here;
+	// an empty Redis then settles for 15 s (three renewals), as before.
+	"BOOT_ALLOWANCE=10s",
 }
 
 // herokuFleet starts n dynos (worker.1..n) of the bloater under the built
@@ -35,13 +38,20 @@ var bloatingDyno = []string{
 // way Heroku restarts dynos. It returns the simulator, the fake and the token.
 func herokuFleet(t *testing.T, n int, env ...string) (*dynosim.Sim, *fakeheroku.Server, string) {
 	t.Helper()
+	return herokuFleetNamed(t, n, false, env...)
+}
+
+// herokuFleetNamed is herokuFleet with Fir's dyno names when fir is set
+// (worker-5d8f7c9b4-<id>, a new id after every restart).
+func herokuFleetNamed(t *testing.T, n int, fir bool, env ...string) (*dynosim.Sim, *fakeheroku.Server, string) {
+	t.Helper()
 	redis := testredis.Start(t)
 	token := newToken(t)
 	sim, fake := dynosim.WithFake(dynosim.Config{
 		Agent: filepath.Join(bin, "dynocycle"), App: herokuApp, Token: token, RedisURL: redis.URL(),
 		Env: append(append([]string{}, bloatingDyno...), env...),
 		// Shorter than Heroku's 30 s to bound the test, longer than SHUTDOWN_WAIT.
-		Grace: 10 * time.Second, CrashDelay: 500 * time.Millisecond,
+		Grace: 10 * time.Second, CrashDelay: 500 * time.Millisecond, Fir: fir,
 	})
 	t.Cleanup(func() {
 		sim.Close()
@@ -51,7 +61,11 @@ func herokuFleet(t *testing.T, n int, env ...string) (*dynosim.Sim, *fakeheroku.
 		}
 	})
 	for i := 1; i <= n; i++ {
-		if err := sim.Start(fmt.Sprintf("worker.%d", i), []string{filepath.Join(bin, "bloater")}); err != nil {
+		name := fmt.Sprintf("worker.%d", i)
+		if fir {
+			name = fmt.Sprintf("worker-5d8f7c9b4-%05d", i)
+		}
+		if err := sim.Start(name, []string{filepath.Join(bin, "bloater")}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -109,11 +123,29 @@ func handedBack(sim *dynosim.Sim, dyno string) bool {
 }
 
 // Three dynos, one restart slot, the Platform API played by a fake that
-// restarts a dyno like Heroku: every dyno is cycled, never two at once, with
-// one API call per restart, valid headers, and the token in no log line.
+// restarts a dyno like Heroku, with Cedar's names (a dyno comes back as
+// itself) and Fir's (it comes back under a new name): every dyno is cycled,
+// one after another in about N x (drain + boot), never two at once, with one
+// API call per restart, valid headers, and the token in no log line.
 func TestHerokuFleetCyclesEveryDynoOneAtATime(t *testing.T) {
 	t.Parallel()
-	sim, fake, token := herokuFleet(t, 3)
+	for _, naming := range []string{"cedar", "fir"} {
+		t.Run(naming, func(t *testing.T) {
+			t.Parallel()
+			testFleetCycles(t, naming == "fir")
+		})
+	}
+}
+
+// perRestart bounds one restart of the bloating fleet, from the lease to the
+// reborn dyno's hand-back: drain (GRACE_TIME 2 s), the stop, the boot,
+// CONFIRM_AFTER 2 s and a few 1 s checks, with room for a loaded machine.
+// A lease the reborn dyno cannot find waits for its TTL, over 2 minutes.
+const perRestart = 20 * time.Second
+
+func testFleetCycles(t *testing.T, fir bool) {
+	const n = 3
+	sim, fake, token := herokuFleetNamed(t, n, fir)
 	// An empty Redis grants no lease for ~15 s (heartbeat Settle), then each
 	// restart takes a few seconds: drain 2 s, the stop, the boot, 2 s to confirm.
 	// Each reborn dyno also hands the fleet's slot back once its worker is up.
@@ -132,6 +164,27 @@ func TestHerokuFleetCyclesEveryDynoOneAtATime(t *testing.T) {
 	if err := report.Check(1); err != nil {
 		t.Error(err)
 	}
+	// About N x (drain + boot): from the first lease to the n-th dyno back.
+	var restarts []dynosim.Interval
+	for _, iv := range sim.Intervals() {
+		if iv.Kind == dynosim.KindRestart && iv.Closed() && !iv.Aborted {
+			restarts = append(restarts, iv)
+		}
+	}
+	if len(restarts) >= n {
+		took := restarts[n-1].End.Sub(restarts[0].Start)
+		t.Logf("%d restarts one after another took %v", n, took.Round(time.Millisecond))
+		if took > n*perRestart {
+			t.Errorf("%d restarts took %v, want about N x (drain + boot), under %v", n, took, n*perRestart)
+		}
+	}
+	if fir {
+		for _, p := range sim.Procs() {
+			if p.Gen > 1 && p.Name == p.Dyno {
+				t.Errorf("%s came back under its old name", p.Dyno)
+			}
+		}
+	}
 	if v := fake.Violations(); len(v) != 0 {
 		t.Errorf("the fake Platform API saw invalid requests: %v", v)
 	}
@@ -141,16 +194,18 @@ func TestHerokuFleetCyclesEveryDynoOneAtATime(t *testing.T) {
 		}
 	}
 	// One call per restart: each closed restart interval holds exactly one
-	// accepted call of its dyno, and every call falls in such an interval.
+	// accepted call of its dyno (under the name it had then), and every call
+	// falls in such an interval.
 	calls := fake.Calls()
 	inside := 0
 	for _, iv := range sim.Intervals() {
 		if iv.Kind != dynosim.KindRestart || !iv.Closed() {
 			continue
 		}
+		name := nameAt(sim, iv.Dyno, iv.Start)
 		n := 0
 		for _, c := range calls {
-			if c.Dyno == iv.Dyno && !c.Time.Before(iv.Start) && !c.Time.After(iv.End) {
+			if c.Dyno == name && !c.Time.Before(iv.Start) && !c.Time.After(iv.End) {
 				n++
 			}
 		}
@@ -186,6 +241,17 @@ func TestHerokuFleetCyclesEveryDynoOneAtATime(t *testing.T) {
 		}
 	}
 	noToken(t, sim, token)
+}
+
+// nameAt is the DYNO the dyno started as first ran under at time at.
+func nameAt(sim *dynosim.Sim, first string, at time.Time) string {
+	name := first
+	for _, p := range sim.Procs() {
+		if p.Dyno == first && !p.Start.After(at) {
+			name = p.Name
+		}
+	}
+	return name
 }
 
 var restartFailed = regexp.MustCompile(`event=restart_failed`)

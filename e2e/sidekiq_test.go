@@ -278,7 +278,7 @@ func TestSidekiqRestartsInPlaceWithoutLosingJobs(t *testing.T) {
 	env := []string{
 		"REDIS_URL=" + app.srv.URL(), "FLEET_SCOPE=shop", "DYNO=worker.1", "PLATFORM=local",
 		fmt.Sprintf("MAX_RSS=%dMB", maxRSSMB), "MIN_UPTIME=3s", "SUSTAIN_CHECKS=1", "CHECK_SCHEDULE=@every 1s",
-		"GRACE_TIME=30s", "SHUTDOWN_WAIT=10s", "CONFIRM_AFTER=2s",
+		"GRACE_TIME=30s", "SHUTDOWN_WAIT=10s", "CONFIRM_AFTER=2s", "BOOT_ALLOWANCE=10s",
 	}
 	agent, out := startAgent(t, env, app.sidekiqArgs()...)
 	killLeftovers(t, agent, out)
@@ -418,7 +418,7 @@ func TestSidekiqHandsBackJobLongerThanGraceTime(t *testing.T) {
 	env := []string{
 		"REDIS_URL=" + app.srv.URL(), "FLEET_SCOPE=shop", "DYNO=worker.1", "PLATFORM=local",
 		"MAX_RSS=80MB", "MIN_UPTIME=3s", "SUSTAIN_CHECKS=1", "CHECK_SCHEDULE=@every 1s",
-		"GRACE_TIME=3s", "SHUTDOWN_WAIT=10s", "CONFIRM_AFTER=2s",
+		"GRACE_TIME=3s", "SHUTDOWN_WAIT=10s", "CONFIRM_AFTER=2s", "BOOT_ALLOWANCE=10s",
 	}
 	agent, out := startAgent(t, env, app.sidekiqArgs()...)
 	killLeftovers(t, agent, out)

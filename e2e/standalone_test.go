@@ -77,3 +77,35 @@ func TestMetricsAfterARestart(t *testing.T) {
 		}
 	}
 }
+
+// A worker that exits by itself on its quiet signal, as Resque does on
+// QUIT: that exit is its drain, and the agent restarts it in place instead
+// of ending (which on a fleet left the lease held until it ran out).
+func TestAWorkerThatExitsOnQuietIsRestartedInPlace(t *testing.T) {
+	env := []string{
+		"MAX_RSS=40MB", "CHECK_SCHEDULE=@every 1s", "SUSTAIN_CHECKS=2", "MIN_UPTIME=1s",
+		"GRACE_TIME=30s", "QUIET_SIGNAL=QUIT", "SHUTDOWN_WAIT=5s", "CONFIRM_AFTER=1s",
+		"BLOAT_MB=8", "JOB_MS=200",
+	}
+	// The shell is the worker: QUIT makes it exit 0 at once, as Resque does
+	// once its job is done; so does TERM, for a clean stop at the end.
+	agent, out := startAgent(t, env, "sh", "-c", `trap 'exit 0' QUIT TERM; bloater & wait`)
+	testutil.Eventually(t, 90*time.Second, "a restart in place after the worker left on QUIT", func() bool {
+		return len(out.matches(regexp.MustCompile(`event=worker_exit_quiet`))) >= 1 &&
+			len(out.matches(regexp.MustCompile(`event=restarted`))) >= 1 &&
+			len(out.matches(bloaterPID)) >= 2
+	})
+	if !alive(agent.Process.Pid) {
+		t.Fatal("the agent ended when the quieted worker exited")
+	}
+	// Counted as drained long before GRACE_TIME.
+	if n := len(out.matches(regexp.MustCompile(`event=drain_timeout`))); n != 0 {
+		t.Errorf("%d drain timeouts, want the exit to count as drained", n)
+	}
+	var pids []int
+	for _, m := range out.matches(bloaterPID) {
+		pid, _ := strconv.Atoi(m[1])
+		pids = append(pids, pid)
+	}
+	stopAgent(t, agent, func() []int { return pids })
+}

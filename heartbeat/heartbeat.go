@@ -13,6 +13,8 @@ package heartbeat
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"slices"
@@ -57,7 +59,12 @@ type Fleet interface {
 	Renew(ctx context.Context, l Lease) error
 	// Release frees a held lease; ErrNotHolder when it was lost.
 	Release(ctx context.Context, l Lease) error
-	// Held returns a lease this dyno holds from before its restart.
+	// HandOver records on a held lease that the platform is about to
+	// replace this agent's dyno, so the agent that replaces it can claim the
+	// lease; it returns the lease as recorded.
+	HandOver(ctx context.Context, l Lease) (Lease, error)
+	// Held returns the lease this agent holds, or claims the lease handed
+	// over by the dyno this one replaces.
 	Held(ctx context.Context) (Lease, bool, error)
 	// SlotFreed is signalled when a slot may have been freed.
 	SlotFreed() <-chan struct{}
@@ -75,6 +82,8 @@ type Presence struct {
 	LastReason  string    `json:"last_reason,omitempty"`
 	Version     string    `json:"version"`
 	UpdatedAt   time.Time `json:"updated_at"`
+	// Boot is the agent process's boot id (see Lease).
+	Boot string `json:"boot,omitempty"`
 	// TopJobs names the job classes that grew memory the most, largest first.
 	TopJobs []JobGrowth `json:"top_jobs,omitempty"`
 }
@@ -100,13 +109,51 @@ func (j JobGrowth) String() string {
 // Lease is one held restart slot. Token is a fencing token: it grows with
 // every acquisition in the app, so a stale holder can be told apart from the
 // current one even when both carry the same dyno name.
+//
+// A lease names its holder precisely: the dyno and the boot (one agent
+// process, see NewBootID). Only that holder, or the successor that claimed it
+// (see Fleet.Held), may renew or release it; a later agent under the same
+// dyno name is a different holder.
 type Lease struct {
-	Slot       int       `json:"slot"`
-	Holder     string    `json:"holder"`
-	Token      int64     `json:"token"`
-	AcquiredAt time.Time `json:"acquired_at"`
-	ExpiresAt  time.Time `json:"expires_at"`
+	Slot        int       `json:"slot"`
+	Holder      string    `json:"holder"`
+	HolderBoot  string    `json:"holder_boot,omitempty"`
+	ProcessType string    `json:"process_type,omitempty"`
+	Token       int64     `json:"token"`
+	AcquiredAt  time.Time `json:"acquired_at"`
+	ExpiresAt   time.Time `json:"expires_at"`
+	// RestartAt is when the holder recorded that it was about to ask the
+	// platform to replace its dyno (HandOver); zero before.
+	RestartAt time.Time `json:"restart_at,omitzero"`
+	// Successor and SuccessorBoot name the new dyno of the same process
+	// type that claimed the lease after RestartAt; it releases the lease
+	// once its worker is healthy.
+	Successor     string    `json:"successor,omitempty"`
+	SuccessorBoot string    `json:"successor_boot,omitempty"`
+	ClaimedAt     time.Time `json:"claimed_at,omitzero"`
 }
+
+// HeldBy reports whether the agent (dyno, boot) may renew or release l: it
+// is the holder or the successor.
+func (l Lease) HeldBy(dyno, boot string) bool {
+	return (l.Holder == dyno && l.HolderBoot == boot) || (l.Successor == dyno && l.SuccessorBoot == boot && dyno != "")
+}
+
+// HandedOver reports whether the holder recorded a restart by the platform.
+func (l Lease) HandedOver() bool { return !l.RestartAt.IsZero() }
+
+// NewBootID returns a random id for one agent process, so that a lease
+// names the process that took it, not just the dyno's name, which the next
+// process of the dyno (or of another app) shares.
+func NewBootID() string {
+	var b [9]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails on Linux
+	return base64.RawURLEncoding.EncodeToString(b[:])
+}
+
+// DefaultBootAllowance is how long a handed-over lease waits for a
+// successor once its holder is gone (see RedisOptions.BootAllowance).
+const DefaultBootAllowance = 2 * time.Minute
 
 // ErrNoSlot means every restart slot of the app is taken.
 var ErrNoSlot = errors.New("no restart slot free")
@@ -126,16 +173,47 @@ func (e *PeersError) Error() string {
 	return fmt.Sprintf("%d healthy %s peers, %d required", e.Have, e.ProcessType, e.Want)
 }
 
-// ProcessType returns the process type of a dyno name: "worker" for
-// "worker.1" (Cedar) and for "worker-5d8f7c9b4-x2x9z" (Fir).
+// ProcessType returns the process type of a dyno name, in both of Heroku's
+// forms: "worker" for "worker.1" (Cedar) and for "worker-5d8f7c9b4-x2x9z"
+// (Fir: <type>-<replicaset hash>-<pod id>, and the type may itself hold
+// dashes); "run" for the one-off "run.1234" and for Fir's one-off
+// "run-7k2xp" (<type>-<id>); "scheduler" for "scheduler.5678"; "release" for
+// "release.42".
 func ProcessType(dyno string) string {
 	if i := strings.IndexByte(dyno, '.'); i >= 0 {
 		return dyno[:i]
 	}
-	// Fir names are <type>-<replicaset hash>-<pod id>; the type may itself hold dashes.
 	parts := strings.Split(dyno, "-")
-	if len(parts) >= 3 {
+	switch {
+	case len(parts) >= 3:
 		return strings.Join(parts[:len(parts)-2], "-")
+	case len(parts) == 2 && oneOffTypes[parts[0]]:
+		return parts[0]
 	}
 	return dyno
+}
+
+// oneOffTypes are the process types of dynos that are never replaced by the
+// platform: `heroku run`, Heroku Scheduler and the release phase.
+var oneOffTypes = map[string]bool{"run": true, "scheduler": true, "release": true}
+
+// OneOff reports whether dyno is a one-off dyno (run, scheduler, release):
+// the platform never brings one back, so it never succeeds another dyno.
+func OneOff(dyno string) bool { return oneOffTypes[ProcessType(dyno)] }
+
+// cedarName reports whether dyno has Cedar's form <type>.<n>: the platform
+// brings a replaced Cedar dyno back under the same name, so only that name
+// may succeed it. Any other form (Fir, a pod name) is replaced under a new
+// name, so any new dyno of the type may.
+func cedarName(dyno string) bool {
+	i := strings.IndexByte(dyno, '.')
+	if i <= 0 || i == len(dyno)-1 {
+		return false
+	}
+	for _, c := range dyno[i+1:] {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return true
 }

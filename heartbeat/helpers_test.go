@@ -4,7 +4,6 @@ import (
 	"context"
 	"io"
 	"log/slog"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -12,6 +11,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/dynocycle/dynocycle/internal/testredis"
+	"github.com/dynocycle/dynocycle/internal/testutil"
 )
 
 func newLogger(w io.Writer) *slog.Logger {
@@ -19,28 +19,6 @@ func newLogger(w io.Writer) *slog.Logger {
 }
 
 func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
-
-// fakeClock is a settable clock shared by the fleets of one test.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newFakeClock() *fakeClock {
-	return &fakeClock{t: time.Date(2026, 3, 14, 9, 26, 53, 0, time.UTC)}
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Add(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
 
 // connect returns a client of srv built by Connect, closed when the test ends.
 func connect(t testing.TB, srv *testredis.Server) *redis.Client {
@@ -69,16 +47,7 @@ func newFleet(t testing.TB, srv *testredis.Server, opts RedisOptions) *Redis {
 // command runs it beside the agent.
 func subscribe(t testing.TB, f *Redis) {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = f.Run(ctx)
-	}()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-	})
+	testutil.Loop(t, f.Run)
 }
 
 // waitSignal waits for one signal on ch.

@@ -13,53 +13,93 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// Redis is the fleet of an app whose agents share a Redis: presences, peers
-// and the restart lease live there, so at most Slots dynos of the app restart
-// at once.
+// Redis is the fleet of an app whose agents share a Redis: presences, peers,
+// the queue of dynos waiting for a restart, and the restart lease live there,
+// so at most Slots dynos of the app restart at once, in the order they asked.
 //
 // Keys, all under the hash tag {app} so a script touches one cluster slot:
 //
 //	dynocycle:{app}:dynos      ZSET  dyno -> presence expiry (unix ms); trimmed as it is read
 //	dynocycle:{app}:presences  HASH  dyno -> Presence JSON
-//	dynocycle:{app}:lease:N    STRING "token|acquired_ms|process_type|dyno", PX lease TTL
+//	dynocycle:{app}:queue      ZSET  dyno -> when it first asked for a slot (unix ms)
+//	dynocycle:{app}:lease:N    STRING lease JSON (see leaseRecord), PX lease TTL
 //	dynocycle:{app}:token      STRING fencing token counter (INCR)
 //	dynocycle:{app}:epoch      STRING unix ms when this Redis first saw the app (see Settle)
 //	dynocycle:{app}:freed      pub/sub channel: a slot number, published on release
 //
 // The presence expiry is kept in the ZSET rather than with PX on one key per
-// dyno so that the acquire script can count healthy peers atomically without
-// SCAN or KEYS and without touching keys it was not given.
+// dyno so that the acquire script can count healthy peers and skip dead
+// waiters atomically without SCAN or KEYS and without touching keys it was
+// not given.
 //
-// What holds when Redis loses its data (restart without persistence,
-// failover to an empty replica, FLUSHALL): the lease keys are gone, so Redis
-// alone no longer knows who is restarting. Two things cover the gap:
+// # Holder, hand-over, successor
 //
-//   - Settle: on an empty Redis (no epoch key) nobody is granted a lease for
-//     Settle, which defaults to the lease TTL. Any lease granted before the
-//     loss would have run out by then anyway, so the "at most Slots" rule
-//     holds across the loss even for a holder that is already being replaced
-//     and cannot speak up.
-//   - Renew restores a missing lease key with the holder's own token, so a
-//     dyno still quieting or draining keeps its slot visibly and its reborn
-//     self can find and release it.
+// A lease names its holder by dyno and boot id (one agent process). Before
+// the holder asks the platform to replace its dyno it records the hand-over
+// (HandOver: when, and its process type). The reborn dyno, the first agent of
+// that process type started after that moment, claims the lease as its
+// successor in Held (atomically: one successor per lease), renews it while
+// its worker boots and releases it once healthy. On Cedar the reborn dyno
+// has the holder's name and only that name may claim; on Fir (and for any
+// name not of the form type.N) the replacement has a new name, so any new
+// dyno of the type may. A handed-over lease whose holder and successor have
+// both stopped renewing it for PresenceTTL is freed BootAllowance after the
+// hand-over, not at the end of its TTL.
+//
+// # Fair queue
+//
+// Acquire enters the caller into the queue, scored by when it first asked,
+// and grants a free slot only to a dyno with fewer live waiters ahead of it
+// than there are free slots. A waiter leaves the queue when it is granted,
+// when it publishes a state other than wanting, or when its presence lapses
+// (it died): dead waiters ahead are dropped as they are met.
+//
+// # When Redis loses its data
+//
+// A restart in flight must never lose its slot to a restart that starts
+// after a FLUSHALL, a restart of Redis without persistence, or a failover to
+// an empty replica. The design that keeps restarts flowing soon after a loss
+// while never granting more than Slots:
+//
+//   - Every agent that holds a lease renews it every few seconds at every
+//     step until it lets go: leased, quieting, draining, restarting, awaiting
+//     the platform's SIGTERM, stopping; and the successor while its worker
+//     boots. A renewal of a missing key restores it from the agent's own copy
+//     (holder, successor, hand-over), raises the token counter past it, and
+//     starts the epoch, so every lease still in use is back within one
+//     renewal interval.
+//   - The one lease nobody renews is a handed-over lease between its
+//     holder's exit and its successor's claim: the new dyno is booting and
+//     does not know the lease yet. Such a lease is in use for at most
+//     BootAllowance. So an empty Redis (no epoch key) grants no new lease for
+//     Settle, which defaults to BootAllowance: by then every lease still in
+//     use has been restored and every unclaimed hand-over would have been
+//     freed anyway. Restarts already under way go on meanwhile (they renew,
+//     claim and release as usual); only new grants wait, for minutes rather
+//     than the lease TTL.
 //
 // What cannot be guaranteed: if the epoch key alone is lost while lease
 // keys survive (someone deletes it by hand), or dyno clocks disagree by more
-// than the settle time, the settle gate can open early. And while Redis is
-// down nobody can acquire at all: the agent keeps its worker running.
+// than the settle time, the settle gate can open early. A successor whose
+// restored lease is claimed by another new dyno first (two new dynos and a
+// data loss within one renewal interval) loses it. While Redis is down
+// nobody can acquire at all: the agent keeps its worker running.
 type Redis struct {
-	client      *redis.Client
-	app         string
-	dyno        string
-	ptype       string
-	slots       int
-	minPeers    int
-	leaseTTL    time.Duration
-	presenceTTL time.Duration
-	settle      time.Duration
-	log         *slog.Logger
-	now         func() time.Time
-	keys        redisKeys
+	client        *redis.Client
+	app           string
+	dyno          string
+	boot          string
+	ptype         string
+	started       time.Time
+	slots         int
+	minPeers      int
+	leaseTTL      time.Duration
+	presenceTTL   time.Duration
+	settle        time.Duration
+	bootAllowance time.Duration
+	log           *slog.Logger
+	now           func() time.Time
+	keys          redisKeys
 
 	freed chan struct{}
 }
@@ -70,6 +110,12 @@ type RedisOptions struct {
 	App string
 	// Dyno is this dyno's name: DYNO.
 	Dyno string
+	// Boot names this agent process; default a new NewBootID. Two fleets
+	// with the same Dyno and Boot are the same holder.
+	Boot string
+	// StartedAt is when this agent process started; only a lease handed
+	// over before it may be claimed. Default: now.
+	StartedAt time.Time
 	// ProcessType defaults to ProcessType(Dyno).
 	ProcessType string
 	// Slots is MAX_CONCURRENT_RESTARTS (at least 1). Every agent of an app
@@ -81,10 +127,14 @@ type RedisOptions struct {
 	// SHUTDOWN_WAIT + a restart budget. Default 10m.
 	LeaseTTL time.Duration
 	// PresenceTTL is how long a presence lasts unrefreshed: about three
-	// check intervals. At least 15s.
+	// check intervals. At least 15s. A lease holder or successor that has
+	// not renewed its lease for this long is gone.
 	PresenceTTL time.Duration
+	// BootAllowance is how long after a hand-over a lease waits for its
+	// successor once the holder is gone. Default DefaultBootAllowance.
+	BootAllowance time.Duration
 	// Settle is how long an empty Redis grants no lease (see Redis). Zero
-	// means LeaseTTL; negative turns the gate off (tests).
+	// means BootAllowance; negative turns the gate off (tests).
 	Settle time.Duration
 	Logger *slog.Logger
 	// Now is the clock for presence expiry and lease timestamps; it
@@ -105,8 +155,8 @@ const (
 )
 
 type redisKeys struct {
-	dynos, presences, token, epoch, freed string
-	leases                                []string
+	dynos, presences, queue, token, epoch, freed string
+	leases                                       []string
 }
 
 func newRedisKeys(app string, slots int) redisKeys {
@@ -114,6 +164,7 @@ func newRedisKeys(app string, slots int) redisKeys {
 	k := redisKeys{
 		dynos:     p + "dynos",
 		presences: p + "presences",
+		queue:     p + "queue",
 		token:     p + "token",
 		epoch:     p + "epoch",
 		freed:     p + "freed",
@@ -130,6 +181,9 @@ func NewRedis(client *redis.Client, opts RedisOptions) *Redis {
 	if opts.ProcessType == "" {
 		opts.ProcessType = ProcessType(opts.Dyno)
 	}
+	if opts.Boot == "" {
+		opts.Boot = NewBootID()
+	}
 	if opts.Slots < 1 {
 		opts.Slots = 1
 	}
@@ -142,8 +196,11 @@ func NewRedis(client *redis.Client, opts RedisOptions) *Redis {
 	if opts.PresenceTTL < minPresenceTTL {
 		opts.PresenceTTL = minPresenceTTL
 	}
+	if opts.BootAllowance <= 0 {
+		opts.BootAllowance = DefaultBootAllowance
+	}
 	if opts.Settle == 0 {
-		opts.Settle = opts.LeaseTTL
+		opts.Settle = opts.BootAllowance
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
@@ -151,28 +208,38 @@ func NewRedis(client *redis.Client, opts RedisOptions) *Redis {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
+	if opts.StartedAt.IsZero() {
+		opts.StartedAt = opts.Now()
+	}
 	return &Redis{
-		client:      client,
-		app:         opts.App,
-		dyno:        opts.Dyno,
-		ptype:       opts.ProcessType,
-		slots:       opts.Slots,
-		minPeers:    opts.MinHealthyPeers,
-		leaseTTL:    opts.LeaseTTL,
-		presenceTTL: opts.PresenceTTL,
-		settle:      opts.Settle,
-		log:         opts.Logger.With("dyno", opts.Dyno),
-		now:         opts.Now,
-		keys:        newRedisKeys(opts.App, opts.Slots),
-		freed:       make(chan struct{}, 1),
+		client:        client,
+		app:           opts.App,
+		dyno:          opts.Dyno,
+		boot:          opts.Boot,
+		ptype:         opts.ProcessType,
+		started:       opts.StartedAt,
+		slots:         opts.Slots,
+		minPeers:      opts.MinHealthyPeers,
+		leaseTTL:      opts.LeaseTTL,
+		presenceTTL:   opts.PresenceTTL,
+		settle:        opts.Settle,
+		bootAllowance: opts.BootAllowance,
+		log:           opts.Logger.With("dyno", opts.Dyno),
+		now:           opts.Now,
+		keys:          newRedisKeys(opts.App, opts.Slots),
+		freed:         make(chan struct{}, 1),
 	}
 }
 
+// Boot is this agent's boot id.
+func (r *Redis) Boot() string { return r.boot }
+
 // publishScript stores a presence, moves its expiry in the ZSET, trims a
-// bounded number of expired dynos, and notes the epoch: one round trip.
+// bounded number of expired dynos (from the queue too), takes the dyno out
+// of the queue unless it is wanting, and notes the epoch: one round trip.
 //
-// KEYS: dynos, presences, epoch. ARGV: dyno, json, now ms, presence ttl ms,
-// app keys ttl ms, trim limit.
+// KEYS: dynos, presences, epoch, queue. ARGV: dyno, json, now ms, presence
+// ttl ms, app keys ttl ms, trim limit, state.
 var publishScript = redis.NewScript(`
 local now = tonumber(ARGV[3])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
@@ -181,7 +248,9 @@ local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[3], 'LIMIT', 0, t
 if #dead > 0 then
   redis.call('HDEL', KEYS[2], unpack(dead))
   redis.call('ZREM', KEYS[1], unpack(dead))
+  redis.call('ZREM', KEYS[4], unpack(dead))
 end
+if ARGV[7] ~= '` + string(StateWanting) + `' then redis.call('ZREM', KEYS[4], ARGV[1]) end
 redis.call('SET', KEYS[3], ARGV[3], 'NX')
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 redis.call('PEXPIRE', KEYS[2], ARGV[5])
@@ -192,6 +261,7 @@ return #dead
 // Publish records p as this dyno's presence until PresenceTTL passes.
 func (r *Redis) Publish(ctx context.Context, p Presence) error {
 	p.Dyno = r.dyno
+	p.Boot = r.boot
 	if p.ProcessType == "" {
 		p.ProcessType = r.ptype
 	}
@@ -204,8 +274,9 @@ func (r *Redis) Publish(ctx context.Context, p Presence) error {
 		return fmt.Errorf("encode presence: %w", err)
 	}
 	err = publishScript.Run(ctx, r.client,
-		[]string{r.keys.dynos, r.keys.presences, r.keys.epoch},
+		[]string{r.keys.dynos, r.keys.presences, r.keys.epoch, r.keys.queue},
 		r.dyno, body, now.UnixMilli(), r.presenceTTL.Milliseconds(), appKeysTTL.Milliseconds(), maxPresenceTrimmed,
+		string(p.State),
 	).Err()
 	if err != nil {
 		return fmt.Errorf("publish presence: %w", err)
@@ -213,56 +284,120 @@ func (r *Redis) Publish(ctx context.Context, p Presence) error {
 	return nil
 }
 
-// acquireScript grants a free slot if the app has settled and enough
-// healthy peers of the caller's process type are up, in one atomic step so
-// that two dynos can never both count the other as a healthy peer and both
-// restart. A dyno that already holds a slot gets that one back, extended:
-// a retried call must not take a second slot.
+// leaseLua is shared by the lease scripts: reading a lease record, who may
+// act on it, and keeping the token counter ahead of restored tokens.
+const leaseLua = `
+local function decode(v)
+  if not v then return nil end
+  local ok, l = pcall(cjson.decode, v)
+  if ok and type(l) == 'table' and type(l.tok) == 'number' and type(l.dyno) == 'string' then
+    if type(l.sdyno) ~= 'string' then l.sdyno = nil end
+    if type(l.rat) ~= 'number' then l.rat = nil end
+    return l
+  end
+  return false
+end
+local function holds(l, dyno, boot)
+  return (l.dyno == dyno and l.boot == boot) or (l.sdyno ~= nil and l.sdyno == dyno and l.sboot == boot)
+end
+local function raise(key, tok)
+  local cur = tonumber(redis.call('GET', key) or '0') or 0
+  if cur < tok then redis.call('SET', key, tok) end
+end
+-- stale: handed over BootAllowance ago, and neither holder nor successor
+-- has renewed it for PresenceTTL.
+local function stale(l, now, allowance, seen)
+  if not l.rat or now < l.rat + allowance then return false end
+  if now - (tonumber(l.hseen) or tonumber(l.at) or 0) <= seen then return false end
+  if l.sdyno and now - (tonumber(l.sseen) or tonumber(l.sat) or 0) <= seen then return false end
+  return true
+end
+`
+
+// acquireScript queues the caller and grants it a free slot if it is at
+// the head of the queue, the app has settled, and enough healthy peers of
+// its process type are up, in one atomic step so that two dynos can never
+// both count the other as a healthy peer and both restart. A dyno that
+// already holds a slot gets that one back, extended: a retried call must not
+// take a second slot. Handed-over leases left by a holder and successor that
+// are both gone are freed on the way (see Redis).
 //
-// KEYS: dynos, presences, token, epoch, lease slots...
-// ARGV: dyno, process type, min peers, lease ttl ms, now ms, settle ms, app keys ttl ms.
-// Returns {"held", slot, value} | {"ok", slot, value, waived} |
-// {"noslot"} | {"settling", ms left} | {"peers", have, want}.
-var acquireScript = redis.NewScript(`
+// KEYS: dynos, presences, token, epoch, queue, lease slots...
+// ARGV: dyno, boot, process type, min peers, lease ttl ms, now ms, settle ms,
+// app keys ttl ms, boot allowance ms, presence ttl ms, freed channel.
+// Returns {"held", slot, value} | {"ok", slot, value, waived, freed} |
+// {"noslot", waiters ahead, freed} | {"settling", ms left, freed} |
+// {"peers", have, want, freed}; freed names the stale holders dropped.
+var acquireScript = redis.NewScript(leaseLua + `
 local healthy = ` + luaSet(HealthyStates) + `
-local dyno, ptype = ARGV[1], ARGV[2]
-local want, now, settle = tonumber(ARGV[3]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local free = nil
-local holders = {}
-for i = 5, #KEYS do
+local dyno, boot, ptype = ARGV[1], ARGV[2], ARGV[3]
+local want, ttl, now, settle = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
+local allowance, seen = tonumber(ARGV[9]), tonumber(ARGV[10])
+local first = 6
+local free, holders, gone = {}, {}, {}
+for i = first, #KEYS do
   local v = redis.call('GET', KEYS[i])
-  if v then
-    local tok, at, t, d = string.match(v, '^(%d+)|(%d+)|([^|]*)|(.*)$')
-    if d == dyno then
-      redis.call('PEXPIRE', KEYS[i], ARGV[4])
-      return {'held', i - 5, v}
+  if not v then
+    free[#free + 1] = i
+  else
+    local l = decode(v)
+    if l then
+      if holds(l, dyno, boot) then
+        redis.call('PEXPIRE', KEYS[i], ttl)
+        redis.call('ZREM', KEYS[5], dyno)
+        return {'held', i - first, v}
+      end
+      if stale(l, now, allowance, seen) then
+        redis.call('DEL', KEYS[i])
+        gone[#gone + 1] = l.dyno
+        free[#free + 1] = i
+      else
+        holders[l.dyno] = l.type
+        if l.sdyno then holders[l.sdyno] = l.type end
+      end
     end
-    if d then holders[d] = t end
-  elseif not free then
-    free = i
+    -- An unreadable value is taken: it runs out by its own TTL.
   end
 end
+local freed = table.concat(gone, ',')
+if #gone > 0 then redis.call('PUBLISH', ARGV[11], 'stale') end
+redis.call('ZADD', KEYS[5], 'NX', now, dyno)
+redis.call('PEXPIRE', KEYS[5], ARGV[8])
 local epoch = redis.call('GET', KEYS[4])
 if not epoch then
-  redis.call('SET', KEYS[4], ARGV[5], 'PX', ARGV[7])
-  epoch = ARGV[5]
+  redis.call('SET', KEYS[4], ARGV[6], 'PX', ARGV[8])
+  epoch = ARGV[6]
 end
 if settle > 0 then
   local left = tonumber(epoch) + settle - now
-  if left > 0 then return {'settling', left} end
+  if left > 0 then return {'settling', left, freed} end
 end
-if not free then return {'noslot'} end
+if #free == 0 then return {'noslot', 0, freed} end
+local rank = redis.call('ZRANK', KEYS[5], dyno)
+local ahead = 0
+if rank and rank > 0 then
+  local before = redis.call('ZRANGE', KEYS[5], 0, rank - 1)
+  for _, w in ipairs(before) do
+    local exp = tonumber(redis.call('ZSCORE', KEYS[1], w) or '0') or 0
+    if exp > now then
+      ahead = ahead + 1
+    else
+      redis.call('ZREM', KEYS[5], w) -- died while waiting
+    end
+  end
+end
+if ahead >= #free then return {'noslot', ahead, freed} end
 local waived = 0
 if want > 0 then
-  local live = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[5], '+inf')
-  local seen, have, counted = 0, 0, {}
+  local live = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[6], '+inf')
+  local seenpeers, have, counted = 0, 0, {}
   if #live > 0 then
     local vals = redis.call('HMGET', KEYS[2], unpack(live))
     for i, name in ipairs(live) do
       if name ~= dyno and vals[i] then
         local ok, p = pcall(cjson.decode, vals[i])
         if ok and type(p) == 'table' and p.process_type == ptype then
-          seen = seen + 1
+          seenpeers = seenpeers + 1
           counted[name] = true
           -- Presence.Healthy, and not holding a lease.
           if healthy[p.state] and not holders[name] then
@@ -275,18 +410,19 @@ if want > 0 then
   -- A holder whose presence lapsed is being replaced: it is still part of
   -- the formation, so it keeps a two-dyno app from looking like a single one.
   for d, t in pairs(holders) do
-    if t == ptype and d ~= dyno and not counted[d] then seen = seen + 1 end
+    if t == ptype and d ~= dyno and not counted[d] then seenpeers = seenpeers + 1 end
   end
-  if seen == 0 then
+  if seenpeers == 0 then
     waived = 1
   elseif have < want then
-    return {'peers', have, want}
+    return {'peers', have, want, freed}
   end
 end
 local tok = redis.call('INCR', KEYS[3])
-local v = tok .. '|' .. ARGV[5] .. '|' .. ptype .. '|' .. dyno
-redis.call('SET', KEYS[free], v, 'PX', ARGV[4])
-return {'ok', free - 5, v, waived}
+local v = cjson.encode({tok = tok, at = now, type = ptype, dyno = dyno, boot = boot, hseen = now})
+redis.call('SET', KEYS[free[1]], v, 'PX', ttl)
+redis.call('ZREM', KEYS[5], dyno)
+return {'ok', free[1] - first, v, waived, freed}
 `)
 
 // luaSet renders states as a Lua table usable as a set: {["watching"]=true}.
@@ -298,14 +434,16 @@ func luaSet(states []State) string {
 	return "{" + strings.Join(parts, ", ") + "}"
 }
 
-// Acquire takes a restart slot. ErrNoSlot (possibly wrapped, while an empty
-// Redis settles) and *PeersError mean: keep working, try again later.
+// Acquire takes a restart slot. ErrNoSlot (possibly wrapped: waiting in the
+// queue, or while an empty Redis settles) and *PeersError mean: keep
+// working, try again later; the caller keeps its place in the queue.
 func (r *Redis) Acquire(ctx context.Context) (Lease, error) {
 	now := r.now()
-	keys := append([]string{r.keys.dynos, r.keys.presences, r.keys.token, r.keys.epoch}, r.keys.leases...)
+	keys := append([]string{r.keys.dynos, r.keys.presences, r.keys.token, r.keys.epoch, r.keys.queue}, r.keys.leases...)
 	res, err := acquireScript.Run(ctx, r.client, keys,
-		r.dyno, r.ptype, r.minPeers, r.leaseTTL.Milliseconds(), now.UnixMilli(),
-		r.settle.Milliseconds(), appKeysTTL.Milliseconds(),
+		r.dyno, r.boot, r.ptype, r.minPeers, r.leaseTTL.Milliseconds(), now.UnixMilli(),
+		r.settle.Milliseconds(), appKeysTTL.Milliseconds(), r.bootAllowance.Milliseconds(),
+		r.presenceTTL.Milliseconds(), r.keys.freed,
 	).Slice()
 	if err != nil {
 		return Lease{}, fmt.Errorf("acquire lease: %w", err)
@@ -313,8 +451,19 @@ func (r *Redis) Acquire(ctx context.Context) (Lease, error) {
 	if len(res) == 0 {
 		return Lease{}, errors.New("acquire lease: empty reply")
 	}
-	switch res[0] {
+	kind, _ := res[0].(string)
+	freedAt := map[string]int{"noslot": 2, "settling": 2, "peers": 3, "ok": 4}
+	if i, ok := freedAt[kind]; ok && i < len(res) {
+		if gone, _ := res[i].(string); gone != "" {
+			r.log.Warn("freed a handed-over lease whose holder and successor are gone", "event", "lease_stale_freed",
+				"holders", gone, "boot_allowance", r.bootAllowance)
+		}
+	}
+	switch kind {
 	case "noslot":
+		if ahead := toInt(res, 1); ahead > 0 {
+			return Lease{}, fmt.Errorf("%w: %d dynos asked first", ErrNoSlot, ahead)
+		}
 		return Lease{}, ErrNoSlot
 	case "settling":
 		left := time.Duration(toInt(res, 1)) * time.Millisecond
@@ -330,7 +479,7 @@ func (r *Redis) Acquire(ctx context.Context) (Lease, error) {
 			return Lease{}, fmt.Errorf("acquire lease: bad lease value in slot %d", slot)
 		}
 		l.ExpiresAt = now.Add(r.leaseTTL)
-		if res[0] == "held" {
+		if kind == "held" {
 			r.log.Info("lease already held, extended", "event", "lease_held", "slot", l.Slot, "token", l.Token)
 			return l, nil
 		}
@@ -344,66 +493,156 @@ func (r *Redis) Acquire(ctx context.Context) (Lease, error) {
 }
 
 // renewScript extends the caller's lease, or takes the slot back when its
-// key is gone (expired unclaimed, or Redis lost its data): the holder is
-// still restarting and the slot is free, so holding it again keeps the count
-// honest and lets the reborn dyno find it. The token counter is raised past
-// the restored token so fencing tokens keep growing.
+// key is gone (expired unclaimed, or Redis lost its data): the caller is
+// still restarting, or booting as the successor, and the slot is free, so
+// holding it again keeps the count honest. The token counter is raised past
+// the restored token so fencing tokens keep growing, and the epoch starts, so
+// an empty Redis settles. A successor whose record was restored by the
+// holder without it (the holder did not know it yet) is recorded again.
 //
-// KEYS: lease slot, token. ARGV: token, dyno, ttl ms, value to restore.
-// Returns 1 extended, 2 restored, 0 held by another.
-var renewScript = redis.NewScript(`
+// KEYS: lease slot, token, epoch. ARGV: token, dyno, boot, ttl ms, the
+// caller's lease JSON, now ms, app keys ttl ms.
+// Returns {1, value} extended, {2, value} restored, {0} held by another.
+var renewScript = redis.NewScript(leaseLua + `
+local tok, dyno, boot, now = tonumber(ARGV[1]), ARGV[2], ARGV[3], tonumber(ARGV[6])
+local mine = decode(ARGV[5])
+if not mine then return redis.error_reply('renew: unreadable lease copy') end
 local v = redis.call('GET', KEYS[1])
+local l, res
 if v then
-  local tok, at, t, d = string.match(v, '^(%d+)|(%d+)|([^|]*)|(.*)$')
-  if tok == ARGV[1] and d == ARGV[2] then
-    redis.call('PEXPIRE', KEYS[1], ARGV[3])
-    return 1
+  l = decode(v)
+  if not l or l.tok ~= tok then return {0} end
+  if l.dyno == dyno and l.boot == boot then
+    l.hseen = now
+  elseif l.sdyno == dyno and l.sboot == boot then
+    l.sseen = now
+  elseif not l.sdyno and mine.sdyno == dyno and mine.sboot == boot and l.dyno == mine.dyno and l.boot == mine.boot then
+    l.sdyno, l.sboot, l.sat, l.sseen = dyno, boot, mine.sat or now, now
+  else
+    return {0}
   end
-  return 0
+  res = 1
+else
+  l = mine
+  if l.dyno == dyno and l.boot == boot then l.hseen = now else l.sseen = now end
+  raise(KEYS[2], l.tok)
+  redis.call('SET', KEYS[3], ARGV[6], 'NX', 'PX', ARGV[7])
+  res = 2
 end
-redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[3])
-local cur = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
-if cur < tonumber(ARGV[1]) then redis.call('SET', KEYS[2], ARGV[1]) end
-return 2
+v = cjson.encode(l)
+redis.call('SET', KEYS[1], v, 'PX', ARGV[4])
+return {res, v}
 `)
 
-// Renew extends lease by LeaseTTL. ErrNotHolder when another dyno holds
-// the slot now.
+// Renew extends lease by LeaseTTL and restores it if Redis lost it.
+// ErrNotHolder when another holder has the slot now.
 func (r *Redis) Renew(ctx context.Context, lease Lease) error {
+	_, err := r.renew(ctx, lease)
+	return err
+}
+
+func (r *Redis) renew(ctx context.Context, lease Lease) (Lease, error) {
 	key, err := r.leaseKey(lease)
 	if err != nil {
-		return err
+		return Lease{}, err
 	}
-	n, err := renewScript.Run(ctx, r.client, []string{key, r.keys.token},
-		lease.Token, lease.Holder, r.leaseTTL.Milliseconds(), r.leaseValue(lease),
-	).Int()
+	now := r.now()
+	res, err := renewScript.Run(ctx, r.client, []string{key, r.keys.token, r.keys.epoch},
+		lease.Token, r.dyno, r.boot, r.leaseTTL.Milliseconds(), r.leaseRecord(lease, now), now.UnixMilli(),
+		appKeysTTL.Milliseconds(),
+	).Slice()
 	if err != nil {
-		return fmt.Errorf("renew lease: %w", err)
+		return Lease{}, fmt.Errorf("renew lease: %w", err)
 	}
-	switch n {
+	switch toInt(res, 0) {
 	case 0:
-		return ErrNotHolder
+		return Lease{}, ErrNotHolder
 	case 2:
 		r.log.Warn("lease key was gone, restored", "event", "lease_restored", "slot", lease.Slot, "token", lease.Token)
 	}
-	return nil
+	v, _ := res[1].(string)
+	l, ok := parseLeaseValue(lease.Slot, v)
+	if !ok {
+		return Lease{}, fmt.Errorf("renew lease: bad lease value in slot %d", lease.Slot)
+	}
+	l.ExpiresAt = now.Add(r.leaseTTL)
+	return l, nil
 }
 
-// releaseScript deletes the lease only if the caller still holds it and
-// tells waiting dynos at once.
+// handOverScript records on the holder's lease that the holder is about to
+// ask the platform for a restart, restoring the lease first if Redis lost
+// it. Only the holder hands over, and only the first hand-over time counts.
 //
-// KEYS: lease slot. ARGV: token, dyno, channel, slot.
-var releaseScript = redis.NewScript(`
+// KEYS: lease slot, token, epoch. ARGV: token, dyno, boot, ttl ms, the
+// holder's lease JSON, now ms, app keys ttl ms.
+// Returns {1, value} or {0} when the caller does not hold the lease.
+var handOverScript = redis.NewScript(leaseLua + `
+local tok, dyno, boot, now = tonumber(ARGV[1]), ARGV[2], ARGV[3], tonumber(ARGV[6])
 local v = redis.call('GET', KEYS[1])
-if not v then return 0 end
-local tok, at, t, d = string.match(v, '^(%d+)|(%d+)|([^|]*)|(.*)$')
-if tok ~= ARGV[1] or d ~= ARGV[2] then return 0 end
+local l
+if v then
+  l = decode(v)
+  if not l or l.tok ~= tok or l.dyno ~= dyno or l.boot ~= boot then return {0} end
+else
+  l = decode(ARGV[5])
+  if not l or l.dyno ~= dyno or l.boot ~= boot then return {0} end
+  raise(KEYS[2], l.tok)
+  redis.call('SET', KEYS[3], ARGV[6], 'NX', 'PX', ARGV[7])
+end
+if not l.rat then l.rat = now end
+l.hseen = now
+v = cjson.encode(l)
+redis.call('SET', KEYS[1], v, 'PX', ARGV[4])
+return {1, v}
+`)
+
+// HandOver records on lease that its holder is about to ask the platform
+// to replace its dyno: of which process type and when. From then on the
+// first new dyno of that type started afterwards claims it (see Held). It
+// returns the lease as recorded; ErrNotHolder when the caller is not its
+// holder.
+func (r *Redis) HandOver(ctx context.Context, lease Lease) (Lease, error) {
+	key, err := r.leaseKey(lease)
+	if err != nil {
+		return Lease{}, err
+	}
+	now := r.now()
+	rec := lease
+	if rec.RestartAt.IsZero() {
+		rec.RestartAt = now
+	}
+	res, err := handOverScript.Run(ctx, r.client, []string{key, r.keys.token, r.keys.epoch},
+		lease.Token, r.dyno, r.boot, r.leaseTTL.Milliseconds(), r.leaseRecord(rec, now), now.UnixMilli(),
+		appKeysTTL.Milliseconds(),
+	).Slice()
+	if err != nil {
+		return Lease{}, fmt.Errorf("hand over lease: %w", err)
+	}
+	if toInt(res, 0) == 0 {
+		return Lease{}, ErrNotHolder
+	}
+	v, _ := res[1].(string)
+	l, ok := parseLeaseValue(lease.Slot, v)
+	if !ok {
+		return Lease{}, fmt.Errorf("hand over lease: bad lease value in slot %d", lease.Slot)
+	}
+	l.ExpiresAt = now.Add(r.leaseTTL)
+	return l, nil // the agent logs the hand-over
+}
+
+// releaseScript deletes the lease only if the caller holds it (as holder or
+// successor) and tells waiting dynos at once.
+//
+// KEYS: lease slot. ARGV: token, dyno, boot, channel, slot.
+var releaseScript = redis.NewScript(leaseLua + `
+local l = decode(redis.call('GET', KEYS[1]))
+if not l or l.tok ~= tonumber(ARGV[1]) or not holds(l, ARGV[2], ARGV[3]) then return 0 end
 redis.call('DEL', KEYS[1])
-redis.call('PUBLISH', ARGV[3], ARGV[4])
+redis.call('PUBLISH', ARGV[4], ARGV[5])
 return 1
 `)
 
-// Release frees lease. ErrNotHolder when it expired or another dyno holds
+// Release frees lease. ErrNotHolder when it expired or another holder has
 // the slot now.
 func (r *Redis) Release(ctx context.Context, lease Lease) error {
 	key, err := r.leaseKey(lease)
@@ -411,7 +650,7 @@ func (r *Redis) Release(ctx context.Context, lease Lease) error {
 		return err
 	}
 	n, err := releaseScript.Run(ctx, r.client, []string{key},
-		lease.Token, lease.Holder, r.keys.freed, lease.Slot,
+		lease.Token, r.dyno, r.boot, r.keys.freed, lease.Slot,
 	).Int()
 	if err != nil {
 		return fmt.Errorf("release lease: %w", err)
@@ -422,49 +661,75 @@ func (r *Redis) Release(ctx context.Context, lease Lease) error {
 	return nil
 }
 
-// Held returns the lease this dyno holds, typically from before its
-// restart. It reads the slot keys in one round trip (MGET + PTTL).
+// heldScript finds the lease the caller holds (as holder or successor) or
+// claims, as successor, a lease handed over before the caller started by a
+// dyno of its process type: on Cedar names only the holder's own name, else
+// any name, the caller's own name first, then the oldest hand-over. A lease
+// is claimed once; a successor that stopped renewing it for PresenceTTL can
+// be replaced by another.
+//
+// KEYS: lease slots. ARGV: dyno, boot, process type, started ms, now ms,
+// lease ttl ms, presence ttl ms, may claim (1 or 0).
+// Returns {"mine", slot, value, pttl} | {"claimed", slot, value, pttl} | {"none"}.
+var heldScript = redis.NewScript(leaseLua + `
+local dyno, boot, ptype = ARGV[1], ARGV[2], ARGV[3]
+local started, now, seen = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[7])
+local best, bestl, bestsame
+for i = 1, #KEYS do
+  local v = redis.call('GET', KEYS[i])
+  local l = decode(v)
+  if l then
+    if holds(l, dyno, boot) then
+      return {'mine', i - 1, v, redis.call('PTTL', KEYS[i])}
+    end
+    if ARGV[8] == '1' and l.rat and l.type == ptype and started >= l.rat and
+       (not l.sdyno or now - (tonumber(l.sseen) or tonumber(l.sat) or 0) > seen) then
+      local same = l.dyno == dyno
+      if same or not string.match(l.dyno, '^[^.]+%.%d+$') then
+        if not best or (same and not bestsame) or (same == bestsame and l.rat < bestl.rat) then
+          best, bestl, bestsame = i, l, same
+        end
+      end
+    end
+  end
+end
+if not best then return {'none'} end
+bestl.sdyno, bestl.sboot, bestl.sat, bestl.sseen = dyno, boot, now, now
+local v = cjson.encode(bestl)
+redis.call('SET', KEYS[best], v, 'PX', ARGV[6])
+return {'claimed', best - 1, v, tonumber(ARGV[6])}
+`)
+
+// Held returns the lease this agent holds: one it took, or one handed over
+// by the dyno this one replaces, which it claims here as successor (see
+// Redis). One round trip.
 func (r *Redis) Held(ctx context.Context) (Lease, bool, error) {
-	leases, err := r.readLeases(ctx)
+	now := r.now()
+	mayClaim := "1"
+	if OneOff(r.dyno) {
+		mayClaim = "0" // a one-off dyno never replaces another
+	}
+	res, err := heldScript.Run(ctx, r.client, r.keys.leases,
+		r.dyno, r.boot, r.ptype, r.started.UnixMilli(), now.UnixMilli(), r.leaseTTL.Milliseconds(),
+		r.presenceTTL.Milliseconds(), mayClaim,
+	).Slice()
 	if err != nil {
 		return Lease{}, false, fmt.Errorf("read leases: %w", err)
 	}
-	for _, l := range leases {
-		if l.Holder == r.dyno {
-			return l, true, nil
-		}
+	kind, _ := res[0].(string)
+	if kind == "none" {
+		return Lease{}, false, nil
 	}
-	return Lease{}, false, nil
-}
-
-// readLeases returns the held slots, lowest first.
-func (r *Redis) readLeases(ctx context.Context) ([]Lease, error) {
-	now := r.now()
-	pipe := r.client.Pipeline()
-	mget := pipe.MGet(ctx, r.keys.leases...)
-	pttls := make([]*redis.DurationCmd, len(r.keys.leases))
-	for i, k := range r.keys.leases {
-		pttls[i] = pipe.PTTL(ctx, k)
+	slot := int(toInt(res, 1))
+	v, _ := res[2].(string)
+	l, ok := parseLeaseValue(slot, v)
+	if !ok {
+		return Lease{}, false, fmt.Errorf("read leases: bad lease value in slot %d", slot)
 	}
-	if _, err := pipe.Exec(ctx); err != nil {
-		return nil, err
+	if ms := toInt(res, 3); ms > 0 {
+		l.ExpiresAt = now.Add(time.Duration(ms) * time.Millisecond)
 	}
-	var out []Lease
-	for i, v := range mget.Val() {
-		s, ok := v.(string)
-		if !ok {
-			continue
-		}
-		l, ok := parseLeaseValue(i, s)
-		if !ok {
-			continue
-		}
-		if d := pttls[i].Val(); d > 0 {
-			l.ExpiresAt = now.Add(d)
-		}
-		out = append(out, l)
-	}
-	return out, nil
+	return l, true, nil // the agent logs the lease it holds, claimed or its own
 }
 
 // SlotFreed is signalled when a slot may have been freed: another dyno
@@ -540,32 +805,81 @@ func (r *Redis) notify() {
 }
 
 func (r *Redis) leaseKey(l Lease) (string, error) {
-	if l.Slot < 0 || l.Slot >= len(r.keys.leases) || l.Holder != r.dyno {
+	if l.Slot < 0 || l.Slot >= len(r.keys.leases) || !l.HeldBy(r.dyno, r.boot) {
 		return "", ErrNotHolder
 	}
 	return r.keys.leases[l.Slot], nil
 }
 
-func (r *Redis) leaseValue(l Lease) string {
-	at := l.AcquiredAt
-	if at.IsZero() {
-		at = r.now()
-	}
-	return fmt.Sprintf("%d|%d|%s|%s", l.Token, at.UnixMilli(), r.ptype, l.Holder)
+// leaseRecord is the stored form of a lease: JSON with short names, numbers
+// in unix ms (exact in Lua's doubles and in cjson's 14 digits). The hseen and
+// sseen stamps are the last renewals by holder and successor.
+type leaseRecord struct {
+	Token         float64 `json:"tok"`
+	At            float64 `json:"at"`
+	Type          string  `json:"type"`
+	Dyno          string  `json:"dyno"`
+	Boot          string  `json:"boot"`
+	HolderSeen    float64 `json:"hseen,omitempty"`
+	RestartAt     float64 `json:"rat,omitempty"`
+	Successor     string  `json:"sdyno,omitempty"`
+	SuccessorBoot string  `json:"sboot,omitempty"`
+	ClaimedAt     float64 `json:"sat,omitempty"`
+	SuccessorSeen float64 `json:"sseen,omitempty"`
 }
 
-// parseLeaseValue reads "token|acquired_ms|process_type|dyno".
+// leaseRecord encodes l as the caller's copy for a restore.
+func (r *Redis) leaseRecord(l Lease, now time.Time) string {
+	at := l.AcquiredAt
+	if at.IsZero() {
+		at = now
+	}
+	ptype := l.ProcessType
+	if ptype == "" {
+		ptype = r.ptype
+	}
+	rec := leaseRecord{
+		Token: float64(l.Token), At: float64(at.UnixMilli()), Type: ptype, Dyno: l.Holder, Boot: l.HolderBoot,
+		RestartAt: msOrZero(l.RestartAt),
+		Successor: l.Successor, SuccessorBoot: l.SuccessorBoot, ClaimedAt: msOrZero(l.ClaimedAt),
+	}
+	// Only the caller is known to be alive.
+	if l.Holder == r.dyno && l.HolderBoot == r.boot {
+		rec.HolderSeen = float64(now.UnixMilli())
+	} else if l.Successor != "" {
+		rec.SuccessorSeen = float64(now.UnixMilli())
+	}
+	b, _ := json.Marshal(rec) // plain fields: cannot fail
+	return string(b)
+}
+
+func msOrZero(t time.Time) float64 {
+	if t.IsZero() {
+		return 0
+	}
+	return float64(t.UnixMilli())
+}
+
+func msTime(ms float64) time.Time {
+	if ms <= 0 {
+		return time.Time{}
+	}
+	return time.UnixMilli(int64(ms))
+}
+
+// parseLeaseValue reads a stored lease record; false for anything else
+// (a value of an older version, or garbage), which every script treats as
+// a taken slot.
 func parseLeaseValue(slot int, v string) (Lease, bool) {
-	parts := strings.SplitN(v, "|", 4)
-	if len(parts) != 4 {
+	var rec leaseRecord
+	if err := json.Unmarshal([]byte(v), &rec); err != nil || rec.Dyno == "" || rec.Token <= 0 {
 		return Lease{}, false
 	}
-	tok, err1 := strconv.ParseInt(parts[0], 10, 64)
-	at, err2 := strconv.ParseInt(parts[1], 10, 64)
-	if err1 != nil || err2 != nil {
-		return Lease{}, false
-	}
-	return Lease{Slot: slot, Holder: parts[3], Token: tok, AcquiredAt: time.UnixMilli(at)}, true
+	return Lease{
+		Slot: slot, Holder: rec.Dyno, HolderBoot: rec.Boot, ProcessType: rec.Type, Token: int64(rec.Token),
+		AcquiredAt: msTime(rec.At), RestartAt: msTime(rec.RestartAt),
+		Successor: rec.Successor, SuccessorBoot: rec.SuccessorBoot, ClaimedAt: msTime(rec.ClaimedAt),
+	}, true
 }
 
 func toInt(res []any, i int) int64 {

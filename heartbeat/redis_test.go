@@ -128,13 +128,24 @@ func TestExpiredHolderAndRebornDyno(t *testing.T) {
 	waitSignal(t, freed, 10*time.Second, "subscription established")
 
 	// worker.2 restarts: a new process, a new client, the same dyno name.
-	reborn := newFleet(t, srv, RedisOptions{Dyno: "worker.2", Settle: -1, LeaseTTL: time.Minute})
+	// Its name alone does not make it the holder; the hand-over its
+	// previous life recorded before the restart does.
+	early := newFleet(t, srv, RedisOptions{Dyno: "worker.2", Settle: -1, LeaseTTL: time.Minute})
+	if _, held, err := early.Held(ctx); err != nil || held {
+		t.Fatalf("a namesake without a hand-over Held = %v, %v; want nothing", held, err)
+	}
+	handed, err := b.HandOver(ctx, lb)
+	if err != nil {
+		t.Fatalf("hand over: %v", err)
+	}
+	reborn := newFleet(t, srv, RedisOptions{Dyno: "worker.2", Settle: -1, LeaseTTL: time.Minute,
+		StartedAt: handed.RestartAt.Add(time.Millisecond)})
 	got, held, err := reborn.Held(ctx)
 	if err != nil || !held {
 		t.Fatalf("reborn Held = %v, %v; want its lease", held, err)
 	}
-	if got.Token != lb.Token || got.Slot != lb.Slot || !got.AcquiredAt.Equal(lb.AcquiredAt) {
-		t.Fatalf("reborn found %+v, want %+v", got, lb)
+	if got.Token != lb.Token || got.Slot != lb.Slot || !got.AcquiredAt.Equal(lb.AcquiredAt) || got.Successor != "worker.2" {
+		t.Fatalf("reborn found %+v, want %+v claimed", got, lb)
 	}
 	if got.ExpiresAt.IsZero() {
 		t.Fatalf("reborn lease has no expiry: %+v", got)
@@ -145,6 +156,35 @@ func TestExpiredHolderAndRebornDyno(t *testing.T) {
 	waitSignal(t, freed, 10*time.Second, "freed slot published to waiter")
 	if _, err := waiter.Acquire(ctx); err != nil {
 		t.Fatalf("waiter acquire: %v", err)
+	}
+}
+
+// Another app's agent of the same dyno name, sharing the Redis, sees none
+// of this app's leases and cannot release one even with its token.
+func TestAnotherAppsNamesakeCannotRelease(t *testing.T) {
+	srv := testredis.Start(t)
+	ctx := context.Background()
+	y := newFleet(t, srv, RedisOptions{App: "app-y", Dyno: "worker.1", Settle: -1})
+	y2 := newFleet(t, srv, RedisOptions{App: "app-y", Dyno: "worker.2", Settle: -1})
+	x := newFleet(t, srv, RedisOptions{App: "app-x", Dyno: "worker.1", Settle: -1})
+	ly, err := y.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, held, err := x.Held(ctx); err != nil || held {
+		t.Fatalf("app-x's worker.1 Held = %v, %v", held, err)
+	}
+	if err := x.Release(ctx, ly); !errors.Is(err, ErrNotHolder) {
+		t.Fatalf("app-x releases app-y's lease: %v", err)
+	}
+	// Even in one key scope (two apps without a scope of their own), a
+	// namesake is another boot.
+	xSameScope := newFleet(t, srv, RedisOptions{App: "app-y", Dyno: "worker.1", Settle: -1})
+	if err := xSameScope.Release(ctx, ly); !errors.Is(err, ErrNotHolder) {
+		t.Fatalf("a namesake in the same scope releases the lease: %v", err)
+	}
+	if _, err := y2.Acquire(ctx); !errors.Is(err, ErrNoSlot) {
+		t.Fatalf("worker.2 acquires while worker.1 drains: %v", err)
 	}
 }
 
@@ -186,7 +226,7 @@ func TestRenewRestoresLostLease(t *testing.T) {
 func TestSettleOnEmptyRedis(t *testing.T) {
 	srv := testredis.Start(t)
 	ctx := context.Background()
-	clock := newFakeClock()
+	clock := testutil.NewClock()
 	a := newFleet(t, srv, RedisOptions{Dyno: "worker.1", Settle: time.Minute, Now: clock.Now})
 	if err := a.Publish(ctx, Presence{State: StateWanting}); err != nil {
 		t.Fatal(err)
@@ -295,7 +335,7 @@ func TestPeers(t *testing.T) {
 
 	t.Run("holder whose presence lapsed still counts as formation", func(t *testing.T) {
 		srv := testredis.Start(t)
-		clock := newFakeClock()
+		clock := testutil.NewClock()
 		o1, o2 := opts("worker.1", nil), opts("worker.2", nil)
 		o1.Now, o2.Now = clock.Now, clock.Now
 		w1, w2 := newFleet(t, srv, o1), newFleet(t, srv, o2)
@@ -315,7 +355,7 @@ func TestPeers(t *testing.T) {
 
 	t.Run("expired presence does not count", func(t *testing.T) {
 		srv := testredis.Start(t)
-		clock := newFakeClock()
+		clock := testutil.NewClock()
 		o1, o2 := opts("worker.1", nil), opts("worker.2", nil)
 		o1.Now, o2.Now = clock.Now, clock.Now
 		w1, w2 := newFleet(t, srv, o1), newFleet(t, srv, o2)
@@ -335,7 +375,7 @@ func TestPeers(t *testing.T) {
 func TestRedisDownDuringDrain(t *testing.T) {
 	srv := testredis.Start(t)
 	ctx := context.Background()
-	clock := newFakeClock()
+	clock := testutil.NewClock()
 	opts := func(dyno string) RedisOptions {
 		return RedisOptions{Dyno: dyno, Settle: time.Minute, LeaseTTL: 10 * time.Minute, Now: clock.Now}
 	}

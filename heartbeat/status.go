@@ -39,6 +39,12 @@ type SlotStatus struct {
 	Token     int64     `json:"token,omitempty"`
 	Since     time.Time `json:"since,omitzero"`
 	ExpiresAt time.Time `json:"expires_at,omitzero"`
+	// HolderBoot names the holder's agent process (see Lease).
+	HolderBoot string `json:"holder_boot,omitempty"`
+	// RestartAt, Successor and SuccessorBoot tell a hand-over (see Lease).
+	RestartAt     time.Time `json:"restart_at,omitzero"`
+	Successor     string    `json:"successor,omitempty"`
+	SuccessorBoot string    `json:"successor_boot,omitempty"`
 }
 
 // snapshotScript reads live presences, the lease slots and the epoch in one
@@ -90,6 +96,8 @@ func (r *Redis) Snapshot(ctx context.Context) (FleetStatus, error) {
 		if v, _ := leases[i].(string); v != "" {
 			if l, ok := parseLeaseValue(slot.Slot, v); ok {
 				slot.Holder, slot.Token, slot.Since = l.Holder, l.Token, l.AcquiredAt
+				slot.HolderBoot = l.HolderBoot
+				slot.RestartAt, slot.Successor, slot.SuccessorBoot = l.RestartAt, l.Successor, l.SuccessorBoot
 			} else {
 				slot.Malformed = termtext.Cell(v, termtext.MaxCell)
 			}
@@ -187,8 +195,9 @@ func WriteTable(w io.Writer, s FleetStatus, now time.Time) error {
 		case sl.Holder == "":
 			fmt.Fprintf(&b, "slot %d: free\n", sl.Slot)
 		default:
-			fmt.Fprintf(&b, "slot %d: %s since %s (~ %s ago), token %d%s\n",
-				sl.Slot, cell(sl.Holder), sl.Since.UTC().Format(time.RFC3339), shortDuration(now.Sub(sl.Since)), sl.Token, expires)
+			fmt.Fprintf(&b, "slot %d: %s since %s (~ %s ago), token %d%s%s\n",
+				sl.Slot, agentName(sl.Holder, sl.HolderBoot), sl.Since.UTC().Format(time.RFC3339), shortDuration(now.Sub(sl.Since)),
+				sl.Token, expires, handOverColumn(sl, now))
 		}
 	}
 	if !s.SettlesAt.IsZero() && s.SettlesAt.After(now) {
@@ -276,4 +285,25 @@ func leadingDigits(s string) int {
 		i++
 	}
 	return i
+}
+
+// agentName names one agent process: its dyno and, when known, its boot id.
+func agentName(dyno, boot string) string {
+	if boot == "" {
+		return cell(dyno)
+	}
+	return cell(dyno) + " (boot " + cell(boot) + ")"
+}
+
+// handOverColumn tells where a handed-over lease is: waiting for the dyno
+// that replaces its holder, or claimed by it.
+func handOverColumn(sl SlotStatus, now time.Time) string {
+	if sl.RestartAt.IsZero() {
+		return ""
+	}
+	s := fmt.Sprintf(", handed over %s ago", shortDuration(now.Sub(sl.RestartAt)))
+	if sl.Successor == "" {
+		return s + ", waiting for the new dyno"
+	}
+	return s + " to " + agentName(sl.Successor, sl.SuccessorBoot)
 }

@@ -4,13 +4,16 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/dynocycle/dynocycle/internal/testredis"
+	"github.com/dynocycle/dynocycle/internal/testutil"
 )
 
 var statusNow = time.Date(2026, 3, 14, 12, 0, 0, 0, time.UTC)
@@ -165,7 +168,7 @@ func TestFleetStatusJSON(t *testing.T) {
 func TestSnapshot(t *testing.T) {
 	srv := testredis.Start(t)
 	ctx := context.Background()
-	clock := newFakeClock()
+	clock := testutil.NewClock()
 	mk := func(dyno string) *Redis {
 		return newFleet(t, srv, RedisOptions{App: "shop", Dyno: dyno, Slots: 2, Settle: -1,
 			LeaseTTL: 5 * time.Minute, Now: clock.Now})
@@ -216,6 +219,52 @@ func TestSnapshot(t *testing.T) {
 	}
 	if s.App != "shop" || !s.TakenAt.Equal(clock.Now()) || !s.SettlesAt.IsZero() {
 		t.Fatalf("status header %+v", s)
+	}
+
+	// A hand-over shows, waiting and then claimed, with each agent's boot;
+	// a value the scripts cannot read is shown taken, as they treat it.
+	if _, err := w2.HandOver(ctx, lease); err != nil {
+		t.Fatal(err)
+	}
+	if err := web.client.Set(ctx, web.keys.leases[1], "garbage", time.Minute).Err(); err != nil {
+		t.Fatal(err)
+	}
+	clock.Add(30 * time.Second)
+	table := func() string {
+		t.Helper()
+		s, err := web.Snapshot(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var b bytes.Buffer
+		if err := WriteTable(&b, s, s.TakenAt); err != nil {
+			t.Fatal(err)
+		}
+		return b.String()
+	}
+	// Expiry runs on the Redis clock, not the test's: any expiry matches.
+	holder := regexp.QuoteMeta(fmt.Sprintf("slot 0: worker.2 (boot %s) since %s (~ 40s ago), token %d",
+		w2.Boot(), lease.AcquiredAt.UTC().Format(time.RFC3339), lease.Token)) + `, expires in \w+` +
+		regexp.QuoteMeta(", handed over 30s ago")
+	for _, want := range []string{
+		holder + regexp.QuoteMeta(", waiting for the new dyno") + "\n",
+		regexp.QuoteMeta(`slot 1: taken, by a malformed value "garbage" (agents treat it as held), expires in `),
+		regexp.QuoteMeta("restart slots: 2 of 2 taken"),
+	} {
+		if out := table(); !regexp.MustCompile(want).MatchString(out) {
+			t.Errorf("status lacks %s:\n%s", want, out)
+		}
+	}
+	reborn := mk("worker.2")
+	if _, held, err := reborn.Held(ctx); err != nil || !held {
+		t.Fatalf("the reborn dyno claims the lease: held %v, %v", held, err)
+	}
+	want := holder + regexp.QuoteMeta(" to worker.2 (boot "+reborn.Boot()+")") + "\n"
+	if out := table(); !regexp.MustCompile(want).MatchString(out) {
+		t.Errorf("status lacks %s:\n%s", want, out)
+	}
+	if _, err := w10.Acquire(ctx); !errors.Is(err, ErrNoSlot) {
+		t.Errorf("acquire over an unreadable slot: %v, want ErrNoSlot", err)
 	}
 }
 

@@ -86,6 +86,10 @@ type Heroku struct {
 
 var _ agent.Restarter = (*Heroku)(nil)
 
+// ReplacesAgent is true: the platform replaces the dyno, agent and all,
+// also when the call fails and the agent exits for a crash restart.
+func (h *Heroku) ReplacesAgent() bool { return true }
+
 // NewHeroku returns a restarter for opts.Dyno of opts.App.
 func NewHeroku(opts HerokuOptions) *Heroku {
 	if opts.BaseURL == "" {

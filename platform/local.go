@@ -56,6 +56,12 @@ type ExitRestarter struct {
 
 var _ agent.Restarter = (*ExitRestarter)(nil)
 
+// ReplacesAgent is true: a new agent process carries on.
+func (e *ExitRestarter) ReplacesAgent() bool { return true }
+
+// ReplacesAgent is false: this agent carries on with a new worker.
+func (l *Local) ReplacesAgent() bool { return false }
+
 // Restart stops the worker (if any) and tells the agent to exit.
 func (e *ExitRestarter) Restart(ctx context.Context, _ string) (agent.Next, error) {
 	if e.Process != nil {

@@ -246,7 +246,8 @@ func (l redisLogger) Printf(ctx context.Context, format string, v ...any) {
 func fleetOptions(cfg *config.Config, dyno string, log *slog.Logger) heartbeat.RedisOptions {
 	return heartbeat.RedisOptions{
 		App: appName(cfg), Dyno: dyno, Slots: cfg.MaxConcurrentRestarts, MinHealthyPeers: cfg.MinHealthyPeers,
-		LeaseTTL: leaseTTL(cfg), PresenceTTL: presenceTTL(cfg), Settle: 3 * leaseRenew(cfg), Logger: log,
+		LeaseTTL: leaseTTL(cfg), PresenceTTL: presenceTTL(cfg), BootAllowance: cfg.BootAllowance.D(),
+		Settle: settle(cfg), Logger: log,
 	}
 }
 
@@ -269,10 +270,17 @@ func leaseTTL(cfg *config.Config) time.Duration {
 	return cfg.GraceTime.D() + cfg.ShutdownWait.D() + cfg.ConfirmAfter.D() + 2*time.Minute
 }
 
-// leaseRenew is how often a held lease is renewed while quieting and
-// draining. Short, so that after Redis loses its data a dyno mid-restart
-// takes its slot back within seconds; an empty Redis grants no new lease for
-// three of these intervals (heartbeat.RedisOptions.Settle) to let it.
+// leaseRenew is how often a held lease is renewed, at every step from its
+// grant until it is released or handed over and the agent ends. Short, so
+// that after Redis loses its data every lease still in use is back within
+// seconds.
 func leaseRenew(cfg *config.Config) time.Duration {
 	return min(leaseTTL(cfg)/3, 5*time.Second)
+}
+
+// settle is how long an empty Redis grants no new lease: as long as a lease
+// nobody renews can still be in use, a hand-over whose new dyno is booting
+// (BOOT_ALLOWANCE), and never shorter than three renewals.
+func settle(cfg *config.Config) time.Duration {
+	return max(cfg.BootAllowance.D(), 3*leaseRenew(cfg))
 }

@@ -12,7 +12,8 @@
 //
 //   - Restart (wired to fakeheroku's OnRestart by WithFake): SIGTERM to every
 //     process of the dyno, SIGKILL to what is left after Grace (Heroku: 30 s),
-//     then the same command again with the same DYNO.
+//     then the same command again with the same DYNO (Cedar), or under a new
+//     name of the same process type (Fir, see Config.Fir).
 //   - Crash: when the agent exits by itself (an exit non-zero after the API
 //     budget is spent, or a SIGKILL), the rest of the dyno is stopped the
 //     same way and, after CrashDelay, started again. Heroku does not document
@@ -29,6 +30,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"regexp"
@@ -53,6 +55,12 @@ type Config struct {
 
 	Grace      time.Duration // SIGTERM to SIGKILL; default 30 s, as on Heroku
 	CrashDelay time.Duration // crash to restart; default 1 s
+	// Fir names dynos as Heroku's Fir generation does: a dyno started as
+	// "worker-5d8f7c9b4-k2x7p" comes back from every restart and crash
+	// under a new name of its process type, "worker-5d8f7c9b4-<new id>".
+	// The simulator keeps calling it by the name it was started with
+	// (Proc.Dyno, Line.Dyno); Proc.Name and Line.Name carry its DYNO.
+	Fir bool
 	// Log, if set, receives every line of every dyno as "worker.1[2] | line"
 	// (the dyno and its generation).
 	Log io.Writer
@@ -61,14 +69,16 @@ type Config struct {
 // Line is one line a dyno printed.
 type Line struct {
 	Time time.Time // when the simulator read it
-	Dyno string
-	Gen  int // 1 for the first start of the dyno, then one more per start
+	Dyno string    // the name the dyno was started with
+	Name string    // its DYNO in this generation (differs on Fir)
+	Gen  int       // 1 for the first start of the dyno, then one more per start
 	Text string
 }
 
 // Proc is one start of a dyno's agent.
 type Proc struct {
-	Dyno     string
+	Dyno     string // the name the dyno was started with
+	Name     string // its DYNO in this generation (differs on Fir)
 	Gen      int
 	PID      int // the agent's pid, also the dyno's session id
 	Start    time.Time
@@ -129,14 +139,17 @@ type Sim struct {
 	lines     []Line
 	procs     []Proc
 	stops     []Stop
-	calls     []string // restart calls, "worker.1" each
+	calls     []string         // restart calls, "worker.1" each
+	current   map[string]*dyno // by current DYNO
+	rng       *rand.Rand
 	intervals []Interval
 	closed    bool
 	wg        sync.WaitGroup // restarts and crash restarts in flight
 }
 
 type dyno struct {
-	name    string
+	name    string // as started; the DYNO of the first generation
+	current string // DYNO of the current generation
 	command []string
 	env     []string
 	gen     int
@@ -155,7 +168,8 @@ func New(cfg Config) *Sim {
 	if cfg.CrashDelay <= 0 {
 		cfg.CrashDelay = time.Second
 	}
-	return &Sim{cfg: cfg, dynos: map[string]*dyno{}}
+	return &Sim{cfg: cfg, dynos: map[string]*dyno{}, current: map[string]*dyno{},
+		rng: rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))}
 }
 
 // WithFake starts a fake Platform API whose accepted restarts restart the
@@ -178,8 +192,13 @@ func (s *Sim) Start(name string, command []string, env ...string) error {
 		s.mu.Unlock()
 		return fmt.Errorf("dynosim: dyno %s already exists", name)
 	}
-	d := &dyno{name: name, command: command, env: env, open: -1}
+	if _, ok := s.current[name]; ok {
+		s.mu.Unlock()
+		return fmt.Errorf("dynosim: a dyno named %s is running", name)
+	}
+	d := &dyno{name: name, current: name, command: command, env: env, open: -1}
 	s.dynos[name] = d
+	s.current[name] = d
 	s.order = append(s.order, name)
 	s.mu.Unlock()
 	return s.spawn(d)
@@ -187,8 +206,16 @@ func (s *Sim) Start(name string, command []string, env ...string) error {
 
 // spawn starts the next generation of d.
 func (s *Sim) spawn(d *dyno) error {
+	s.mu.Lock()
+	if d.gen > 0 && s.cfg.Fir {
+		delete(s.current, d.current)
+		d.current = s.firName(d.name)
+		s.current[d.current] = d
+	}
+	name := d.current
+	s.mu.Unlock()
 	env := []string{"HOME=" + os.Getenv("HOME"), "PATH=" + os.Getenv("PATH")}
-	env = append(env, "DYNO="+d.name, "HEROKU_APP_NAME="+s.cfg.App, "HEROKU_API_TOKEN="+s.cfg.Token,
+	env = append(env, "DYNO="+name, "HEROKU_APP_NAME="+s.cfg.App, "HEROKU_API_TOKEN="+s.cfg.Token,
 		"HEROKU_API_URL="+s.cfg.APIURL)
 	if s.cfg.RedisURL != "" {
 		env = append(env, "REDIS_URL="+s.cfg.RedisURL)
@@ -220,11 +247,11 @@ func (s *Sim) spawn(d *dyno) error {
 	d.gen++
 	d.cmd, d.exited, d.busy = cmd, make(chan struct{}), false
 	d.proc = len(s.procs)
-	s.procs = append(s.procs, Proc{Dyno: d.name, Gen: d.gen, PID: cmd.Process.Pid, Start: time.Now()})
+	s.procs = append(s.procs, Proc{Dyno: d.name, Name: name, Gen: d.gen, PID: cmd.Process.Pid, Start: time.Now()})
 	gen, exited, idx := d.gen, d.exited, d.proc
 	s.mu.Unlock()
 
-	go s.read(d, gen, pr)
+	go s.read(d, gen, name, pr)
 	go s.wait(d, cmd, idx, exited)
 	return nil
 }
@@ -261,12 +288,13 @@ func (s *Sim) wait(d *dyno, cmd *exec.Cmd, idx int, exited chan struct{}) {
 	_ = s.spawn(d)
 }
 
-// Restart restarts dyno name the way the dyno manager does. A dyno already
-// being stopped is left alone. It returns at once.
+// Restart restarts the dyno now running as name (its DYNO) the way the dyno
+// manager does. A dyno already being stopped is left alone. It returns at
+// once.
 func (s *Sim) Restart(name string) {
 	s.mu.Lock()
 	s.calls = append(s.calls, name)
-	d, ok := s.dynos[name]
+	d, ok := s.current[name]
 	if !ok || d.busy || s.closed {
 		s.mu.Unlock()
 		return
@@ -374,14 +402,14 @@ var (
 	eventKey  = regexp.MustCompile(` event=([a-z_]+)`)
 )
 
-func (s *Sim) read(d *dyno, gen int, r io.ReadCloser) {
+func (s *Sim) read(d *dyno, gen int, name string, r io.ReadCloser) {
 	defer r.Close()
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
-		l := Line{Time: time.Now(), Dyno: d.name, Gen: gen, Text: sc.Text()}
+		l := Line{Time: time.Now(), Dyno: d.name, Name: name, Gen: gen, Text: sc.Text()}
 		if s.cfg.Log != nil {
-			fmt.Fprintf(s.cfg.Log, "%s[%d] | %s\n", l.Dyno, l.Gen, l.Text)
+			fmt.Fprintf(s.cfg.Log, "%s[%d] | %s\n", l.Name, l.Gen, l.Text)
 		}
 		s.mu.Lock()
 		s.lines = append(s.lines, l)
@@ -425,6 +453,36 @@ func (s *Sim) observe(d *dyno, at time.Time, event string) {
 			d.open = -1
 		}
 	}
+}
+
+// firName returns a new Fir name for the dyno started as first: its
+// process type and replica set hash, and a new pod id; s.mu is held.
+func (s *Sim) firName(first string) string {
+	prefix := first
+	if parts := strings.Split(first, "-"); len(parts) >= 3 {
+		prefix = strings.Join(parts[:len(parts)-1], "-")
+	}
+	const alphabet = "bcdfghjklmnpqrstvwxz2456789"
+	for {
+		id := make([]byte, 5)
+		for i := range id {
+			id[i] = alphabet[s.rng.IntN(len(alphabet))]
+		}
+		name := prefix + "-" + string(id)
+		if _, taken := s.current[name]; !taken && name != first {
+			return name
+		}
+	}
+}
+
+// Current returns the DYNO the dyno started as first runs under now.
+func (s *Sim) Current(first string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if d, ok := s.dynos[first]; ok {
+		return d.current
+	}
+	return ""
 }
 
 // Dynos returns the dyno names in the order they were started.

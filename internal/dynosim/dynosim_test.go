@@ -100,6 +100,47 @@ func TestRestartStopsTheWholeDynoAndStartsItAgain(t *testing.T) {
 	}
 }
 
+// On Fir a restarted or crashed dyno comes back under a new name of its
+// process type; the simulator follows it under the name it started with.
+func TestFirRestartComesBackUnderANewName(t *testing.T) {
+	s := newSim(t, Config{Fir: true, Grace: 10 * time.Second, CrashDelay: 50 * time.Millisecond})
+	const first = "worker-5d8f7c9b4-k2x7p"
+	if err := s.Start(first, []string{"worker"}, "MODE=lease"); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 10*time.Second, "the worker", func() bool { return len(s.Grep(childLine)) == 1 })
+	s.Restart(first)
+	testutil.Eventually(t, 10*time.Second, "a second generation", func() bool { return gens(s, first) == 2 })
+	testutil.Eventually(t, 10*time.Second, "its worker_start", func() bool { return s.Report().Restarts[first] == 1 })
+	second := s.Current(first)
+	if second == first || !strings.HasPrefix(second, "worker-5d8f7c9b4-") || len(second) != len(first) {
+		t.Fatalf("restarted dyno named %q, want a new worker-5d8f7c9b4-<id>", second)
+	}
+	procs := s.Procs()
+	if procs[0].Name != first || procs[1].Name != second || procs[1].Dyno != first {
+		t.Fatalf("procs %+v", procs)
+	}
+	// The agent of the new generation was told its new name.
+	var told bool
+	for _, l := range s.Lines() {
+		told = told || (l.Gen == 2 && l.Name == second && strings.Contains(l.Text, "dyno="+second))
+	}
+	if !told {
+		t.Errorf("no line of generation 2 shows DYNO=%s", second)
+	}
+	// The old name is gone: a restart of it is a call to a dyno that no
+	// longer exists.
+	s.Restart(first)
+	s.Restart(second)
+	testutil.Eventually(t, 10*time.Second, "a third generation", func() bool { return gens(s, first) == 3 })
+	if third := s.Current(first); third == second || third == first {
+		t.Errorf("third generation named %q", third)
+	}
+	if len(s.Stops()) != 2 {
+		t.Errorf("stops %+v, want two", s.Stops())
+	}
+}
+
 func TestCrashRestartsTheDyno(t *testing.T) {
 	s := newSim(t, Config{CrashDelay: 50 * time.Millisecond})
 	if err := s.Start("worker.1", []string{"worker"}, "MODE=crash"); err != nil {

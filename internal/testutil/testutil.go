@@ -1,6 +1,7 @@
 // Package testutil holds the helpers every package's tests share: polling
-// with a deadline instead of sleeping, and a buffer safe for the many
-// goroutines that log at once. Only tests import it.
+// with a deadline instead of sleeping, a buffer safe for the many goroutines
+// that log at once, a settable clock, and loops run for the length of a
+// test. Only tests import it.
 package testutil
 
 import (
@@ -38,6 +39,22 @@ func Until(ctx context.Context, t testing.TB, what string, cond func() bool) {
 	}
 }
 
+// Loop runs a long-running loop (a Run(ctx) method) until the test ends,
+// then cancels it and waits for it, as the command runs its loops.
+func Loop(t testing.TB, run func(ctx context.Context) error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = run(ctx)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+}
+
 // Buffer is a bytes.Buffer that many goroutines may write at once: a
 // logger, a worker's output copier, a test reading it all.
 type Buffer struct {
@@ -56,4 +73,27 @@ func (b *Buffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+// Clock is a settable clock that the members of one test share.
+type Clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+// NewClock starts at a fixed time, so that expected output can name it.
+func NewClock() *Clock { return &Clock{t: time.Date(2026, 3, 14, 9, 26, 53, 0, time.UTC)} }
+
+// Now is the current time of the clock.
+func (c *Clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+// Add moves the clock on.
+func (c *Clock) Add(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
 }

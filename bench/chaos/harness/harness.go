@@ -193,6 +193,9 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 			"MIN_UPTIME=" + minUptime.String(), "GRACE_TIME=" + graceTime.String(),
 			"SHUTDOWN_WAIT=" + shutdownWait.String(), "CONFIRM_AFTER=20s",
 			"MAX_CONCURRENT_RESTARTS=" + strconv.Itoa(cfg.Slots), "MIN_HEALTHY_PEERS=1",
+			// New dynos claim a hand-over within seconds here; an empty
+			// Redis settles for the boot allowance.
+			"BOOT_ALLOWANCE=15s",
 		},
 	})
 	defer fake.Close()
