@@ -85,7 +85,7 @@ type Worker struct {
 	Signal func(pid int, sig syscall.Signal) error
 	// Fallback quiets and drains the child when no Sidekiq process of it is
 	// found (the child is not Sidekiq). Nil: ErrNotFound.
-	Fallback     agent.Quieter
+	Fallback agent.Quieter
 	// Events, when set, are the job events of the gem's middleware: the
 	// worker prefers them, process by process, whenever they are live, and
 	// reads the heartbeats otherwise.
