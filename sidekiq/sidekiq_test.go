@@ -71,8 +71,15 @@ func startSidekiq(t *testing.T, srv *testredis.Server, args ...string) *sidekiqP
 // startSidekiqOn starts Sidekiq as if on dyno (its DYNO).
 func startSidekiqOn(t *testing.T, srv *testredis.Server, dyno string, args ...string) *sidekiqProc {
 	t.Helper()
+	return startSidekiqApp(t, srv, dyno, "../examples/sidekiq/jobs.rb", nil, args...)
+}
+
+// startSidekiqApp starts Sidekiq requiring app, with env added to the
+// test app's environment.
+func startSidekiqApp(t *testing.T, srv *testredis.Server, dyno, app string, env []string, args ...string) *sidekiqProc {
+	t.Helper()
 	bin := requireTool(t, "sidekiq")
-	jobs, err := filepath.Abs("../examples/sidekiq/jobs.rb")
+	jobs, err := filepath.Abs(app)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,7 +89,7 @@ func startSidekiqOn(t *testing.T, srv *testredis.Server, dyno string, args ...st
 		t.Fatal(err)
 	}
 	cmd := exec.Command(bin, append([]string{"-r", jobs}, args...)...)
-	cmd.Env = appEnv(srv, dyno)
+	cmd.Env = append(appEnv(srv, dyno), env...)
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
