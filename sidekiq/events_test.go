@@ -20,7 +20,7 @@ import (
 
 const eventsApp = "testdata/events_app.rb"
 
-func startEvents(t *testing.T) *jobevents.Listener {
+func startEvents(t testing.TB) *jobevents.Listener {
 	t.Helper()
 	l, err := jobevents.Listen(filepath.Join(t.TempDir(), "events.sock"))
 	if err != nil {

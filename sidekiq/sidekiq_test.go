@@ -33,7 +33,7 @@ import (
 
 const testHost = "worker.1"
 
-func requireTool(t *testing.T, name string) string {
+func requireTool(t testing.TB, name string) string {
 	t.Helper()
 	p, err := exec.LookPath(name)
 	if err != nil {
@@ -76,7 +76,7 @@ func startSidekiqOn(t *testing.T, srv *testredis.Server, dyno string, args ...st
 
 // startSidekiqApp starts Sidekiq requiring app, with env added to the
 // test app's environment.
-func startSidekiqApp(t *testing.T, srv *testredis.Server, dyno, app string, env []string, args ...string) *sidekiqProc {
+func startSidekiqApp(t testing.TB, srv *testredis.Server, dyno, app string, env []string, args ...string) *sidekiqProc {
 	t.Helper()
 	bin := requireTool(t, "sidekiq")
 	jobs, err := filepath.Abs(app)
@@ -154,7 +154,7 @@ func (p *sidekiqProc) output() string {
 	return strings.Join(keep, "\n")
 }
 
-func (p *sidekiqProc) stop(ctx context.Context, t *testing.T) {
+func (p *sidekiqProc) stop(ctx context.Context, t testing.TB) {
 	t.Helper()
 	if err := syscall.Kill(p.pid(), syscall.SIGTERM); err != nil {
 		t.Fatalf("TERM sidekiq: %v", err)
@@ -171,7 +171,7 @@ func (p *sidekiqProc) stop(ctx context.Context, t *testing.T) {
 
 // push enqueues a job the way Sidekiq::Client does: the queue in the queues
 // set, the job JSON LPUSHed to its list.
-func push(t *testing.T, c *redis.Client, class string, args ...any) string {
+func push(t testing.TB, c *redis.Client, class string, args ...any) string {
 	t.Helper()
 	b := make([]byte, 12)
 	_, _ = rand.Read(b)
