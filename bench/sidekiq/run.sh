@@ -77,9 +77,9 @@ run_one() {
   local sk=(sidekiq -c "$CONCURRENCY" -t 5 -q default)
   case $v in
     bare) cmd=(setsid "${sk[@]}" -r "$here/jobs.rb") ;;
-    dynocycle) cmd=(setsid env MAX_RSS=100GB "CHECK_SCHEDULE=@every 1s" PLATFORM=local WORKER=auto
+    dynocycle) cmd=(setsid env MAX_RSS=100GB "CHECK_SCHEDULE=@every 1s" PLATFORM=local WORKER=auto FLEET_SCOPE=bench
                     "$work/dynocycle" run -- "${sk[@]}" -r "$here/jobs.rb") ;;
-    events) cmd=(setsid env MAX_RSS=100GB "CHECK_SCHEDULE=@every 1s" PLATFORM=local WORKER=auto
+    events) cmd=(setsid env MAX_RSS=100GB "CHECK_SCHEDULE=@every 1s" PLATFORM=local WORKER=auto FLEET_SCOPE=bench
                  "$work/dynocycle" run -- "${sk[@]}" -r "$here/events_app.rb") ;;
     ps_gc) cmd=(setsid "${sk[@]}" -r "$here/rss_check_middleware.rb") ;;
     proc) cmd=(setsid env RSS_CHECK=proc "${sk[@]}" -r "$here/rss_check_middleware.rb") ;;
