@@ -12,7 +12,7 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-func newClient(t *testing.T, srv *testredis.Server) *redis.Client {
+func newClient(t testing.TB, srv *testredis.Server) *redis.Client {
 	t.Helper()
 	c := redis.NewClient(&redis.Options{Addr: srv.Addr()})
 	t.Cleanup(func() { c.Close() })

@@ -33,7 +33,7 @@ import (
 
 const testHost = "worker.1"
 
-func requireTool(t *testing.T, name string) string {
+func requireTool(t testing.TB, name string) string {
 	t.Helper()
 	p, err := exec.LookPath(name)
 	if err != nil {
@@ -71,8 +71,15 @@ func startSidekiq(t *testing.T, srv *testredis.Server, args ...string) *sidekiqP
 // startSidekiqOn starts Sidekiq as if on dyno (its DYNO).
 func startSidekiqOn(t *testing.T, srv *testredis.Server, dyno string, args ...string) *sidekiqProc {
 	t.Helper()
+	return startSidekiqApp(t, srv, dyno, "../examples/sidekiq/jobs.rb", nil, args...)
+}
+
+// startSidekiqApp starts Sidekiq requiring app, with env added to the
+// test app's environment.
+func startSidekiqApp(t testing.TB, srv *testredis.Server, dyno, app string, env []string, args ...string) *sidekiqProc {
+	t.Helper()
 	bin := requireTool(t, "sidekiq")
-	jobs, err := filepath.Abs("../examples/sidekiq/jobs.rb")
+	jobs, err := filepath.Abs(app)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,7 +89,7 @@ func startSidekiqOn(t *testing.T, srv *testredis.Server, dyno string, args ...st
 		t.Fatal(err)
 	}
 	cmd := exec.Command(bin, append([]string{"-r", jobs}, args...)...)
-	cmd.Env = appEnv(srv, dyno)
+	cmd.Env = append(appEnv(srv, dyno), env...)
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
@@ -147,7 +154,7 @@ func (p *sidekiqProc) output() string {
 	return strings.Join(keep, "\n")
 }
 
-func (p *sidekiqProc) stop(ctx context.Context, t *testing.T) {
+func (p *sidekiqProc) stop(ctx context.Context, t testing.TB) {
 	t.Helper()
 	if err := syscall.Kill(p.pid(), syscall.SIGTERM); err != nil {
 		t.Fatalf("TERM sidekiq: %v", err)
@@ -164,7 +171,7 @@ func (p *sidekiqProc) stop(ctx context.Context, t *testing.T) {
 
 // push enqueues a job the way Sidekiq::Client does: the queue in the queues
 // set, the job JSON LPUSHed to its list.
-func push(t *testing.T, c *redis.Client, class string, args ...any) string {
+func push(t testing.TB, c *redis.Client, class string, args ...any) string {
 	t.Helper()
 	b := make([]byte, 12)
 	_, _ = rand.Read(b)

@@ -11,6 +11,9 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -22,6 +25,7 @@ import (
 	"github.com/dynocycle/dynocycle/config"
 	"github.com/dynocycle/dynocycle/heartbeat"
 	"github.com/dynocycle/dynocycle/internal/bytesize"
+	"github.com/dynocycle/dynocycle/jobevents"
 	"github.com/dynocycle/dynocycle/memory"
 	"github.com/dynocycle/dynocycle/metrics"
 	"github.com/dynocycle/dynocycle/platform"
@@ -117,6 +121,7 @@ func (c *CLI) buildAgent(ctx context.Context, cfg *config.Config, proc *child.Pr
 			return nil, err
 		}
 	}
+	var events *jobevents.Listener
 	if proc != nil {
 		a.Child = proc
 		signals, sk, err := newWorker(cfg, proc, meter, client, dyno, log)
@@ -126,6 +131,11 @@ func (c *CLI) buildAgent(ctx context.Context, cfg *config.Config, proc *child.Pr
 		if sk != nil {
 			a.Quieter, a.JobEnds, a.Growth, a.Health = sk, sk, sk, sk
 			svc.loops = append(svc.loops, sk.Run)
+			if ev := listenEvents(proc, log); ev != nil {
+				sk.Events = ev
+				svc.loops = append(svc.loops, ev.Run)
+				events = ev
+			}
 		} else {
 			a.Quieter = signals
 		}
@@ -138,6 +148,13 @@ func (c *CLI) buildAgent(ctx context.Context, cfg *config.Config, proc *child.Pr
 		svc.loops = append(svc.loops, fleet.Run)
 		svc.close = func() { client.Close() }
 		fleetKind = "redis"
+	}
+
+	if events != nil {
+		// The socket file, should the group never run its Run (which
+		// removes it when it ends).
+		closeFleet := svc.close
+		svc.close = func() { closeFleet(); events.Close() }
 	}
 
 	switch plat {
@@ -215,6 +232,27 @@ func newWorker(cfg *config.Config, proc *child.Process, meter *memory.Meter, cli
 		Fallback: signals,
 		Logger:   log,
 	}, nil
+}
+
+// listenEvents opens the socket on which the gem's Sidekiq middleware
+// (require "dynocycle/sidekiq") reports each job's start and end, and names
+// it in the worker's environment. A Sidekiq without the middleware never
+// connects and the heartbeats are read as before. A socket that cannot be
+// made is not fatal for the same reason: nil.
+func listenEvents(proc *child.Process, log *slog.Logger) *jobevents.Listener {
+	path := filepath.Join(os.TempDir(), "dynocycle-"+strconv.Itoa(os.Getpid())+".sock")
+	ev, err := jobevents.Listen(path)
+	if err != nil {
+		log.Warn("job events unavailable; reading Sidekiq's heartbeats only", "event", "events_unavailable", "err", err)
+		return nil
+	}
+	ev.Logger = log
+	env := proc.Env
+	if env == nil {
+		env = os.Environ()
+	}
+	proc.Env = append(slices.Clone(env), jobevents.Env+"="+path)
+	return ev
 }
 
 // connectRedis opens the coordination store. go-redis logs dial failures
