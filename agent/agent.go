@@ -112,8 +112,13 @@ type loopState struct {
 	heldKnown bool             // the lease lookup of the start has succeeded
 
 	sampleLoggedAt time.Time
+	publishedAt    time.Time       // the last presence published
+	publishedState heartbeat.State // and the state it carried
 	logged         logOnce
 }
+
+// publishEvery bounds how often checks after job ends publish the presence.
+const publishEvery = time.Second
 
 // leaseKeeper is the lease this agent holds and how it lets go of it,
 // shared by the check loop, the keeper goroutine (keepLease), the worker's
@@ -309,7 +314,12 @@ func (a *Agent) check(ctx context.Context, trigger string) error {
 	}
 	a.lookUpHeld(ctx)
 	a.confirm(ctx, obs.Uptime)
-	a.publish(ctx, obs.RSS)
+	// A burst of short jobs samples memory many times a second; the fleet
+	// needs the presence far less often (it lasts PresenceTTL), and each
+	// publish is a write to the Redis the app's jobs live in.
+	if trigger != "job_end" || a.Now().Sub(a.st.publishedAt) >= publishEvery || a.st.publishedState != a.st.state {
+		a.publish(ctx, obs.RSS)
+	}
 	d := a.decide(obs, trigger)
 	return a.act(ctx, d, obs.RSS)
 }
@@ -697,6 +707,7 @@ func (a *Agent) publish(ctx context.Context, rss uint64) {
 		p.TopJobs = a.Growth.TopJobs(3)
 		a.Metrics.JobGrowth(a.Growth.TopJobs(20))
 	}
+	a.st.publishedAt, a.st.publishedState = p.UpdatedAt, p.State
 	if err := a.Fleet.Publish(ctx, p); err != nil {
 		a.Metrics.FleetError("publish")
 		a.Logger.Warn("publish presence failed", "event", "publish_failed", "err", err)

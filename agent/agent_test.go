@@ -817,3 +817,59 @@ func TestTheLeaseIsRenewedAtEveryStep(t *testing.T) {
 		t.Errorf("%d renewals after TERM", afterTerm)
 	}
 }
+
+type countingFleet struct {
+	*heartbeat.Local
+	mu        sync.Mutex
+	publishes int
+}
+
+func (f *countingFleet) Publish(ctx context.Context, p heartbeat.Presence) error {
+	f.mu.Lock()
+	f.publishes++
+	f.mu.Unlock()
+	return f.Local.Publish(ctx, p)
+}
+
+func (f *countingFleet) count() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.publishes
+}
+
+type jobEnds chan struct{}
+
+func (j jobEnds) JobEnded() <-chan struct{} { return j }
+
+// A burst of job ends samples memory after each, but publishes the presence
+// (a Redis write per check) at most once a second.
+func TestJobEndsBurstPublishesAtMostOncePerSecond(t *testing.T) {
+	clock := testutil.NewClock()
+	meter := &fakeMeter{rss: 100 * mb}
+	fleet := &countingFleet{Local: heartbeat.NewLocal("worker.1", 1)}
+	ends := make(jobEnds)
+	a := &Agent{
+		Settings: Settings{Policy: Policy{MaxRSS: 500 * mb, SustainChecks: 2}, Limit: 500 * mb,
+			CheckSchedule: every(time.Hour), GraceTime: time.Second, Dyno: "worker.1"},
+		Meter: meter, Fleet: fleet, JobEnds: ends, Now: clock.Now,
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	testutil.Eventually(t, within, "the start check", func() bool { return fleet.count() == 1 })
+	for range 50 {
+		ends <- struct{}{}
+	}
+	testutil.Eventually(t, within, "a check after each job end", func() bool {
+		meter.mu.Lock()
+		defer meter.mu.Unlock()
+		return meter.samples == 51
+	})
+	if n := fleet.count(); n != 1 {
+		t.Fatalf("%d presences published for a start check and 50 job ends within a second, want 1", n)
+	}
+	clock.Add(publishEvery)
+	ends <- struct{}{}
+	testutil.Eventually(t, within, "a publish once a second has passed", func() bool { return fleet.count() == 2 })
+}
