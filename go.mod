@@ -1,9 +1,14 @@
 // +heroku install ./cmd/dynocycle ./examples/bloater
+// +heroku goVersion go1.26
+// The go line is the oldest release the dependencies accept (golang.org/x
+// modules need 1.26.0); the Go buildpack, which would install exactly that
+// release, takes the newest 1.26 it knows from the goVersion line above.
 module github.com/dynocycle/dynocycle
 
-go 1.26.8
+go 1.26.0
 
 require (
+	github.com/agnivade/levenshtein v1.2.2
 	github.com/cenkalti/backoff/v5 v5.0.3
 	github.com/heroku/heroku-go/v5 v5.5.0
 	github.com/jackc/pgx/v5 v5.12.0

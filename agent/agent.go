@@ -1,7 +1,21 @@
-// Package agent is dynocycle's control loop: it watches the worker's memory,
-// decides when a restart is due (policy.go), and walks a restart through
-// watching -> wanting -> leased -> quieting -> draining -> restarting, taking
-// the fleet's lease before the worker is quieted.
+// Package agent is dynocycle's control loop, and the place to start reading.
+//
+// Each check is observe, decide, act (Agent.check): observe samples memory
+// through the Meter; decide asks the pure policy (Decide, policy.go) whether
+// a restart is due, which is where a restart is decided; act walks a restart
+// through watching -> wanting -> leased -> quieting -> draining -> restarting
+// (Agent.restart), taking the fleet's lease (heartbeat.Fleet) before the
+// worker is quieted, and hands the drained worker to a Restarter (package
+// platform), which carries the restart out.
+//
+// Agent.Run owns the agent's own goroutines (the check loop, the signal
+// handler, the worker's exit, the lease keeper) and waits for each; as it
+// ends it releases its lease, or hands it over to the agent that replaces
+// it. The loops of other
+// packages (the Redis subscriber, the Sidekiq reader, the metrics server)
+// are started and stopped beside it by cmd/dynocycle, in one group.
+//
+// The agent's ports, the interfaces it drives, are together in ports.go.
 package agent
 
 import (
@@ -19,24 +33,8 @@ import (
 
 	"github.com/dynocycle/dynocycle/child"
 	"github.com/dynocycle/dynocycle/heartbeat"
+	"github.com/dynocycle/dynocycle/internal/bytesize"
 )
-
-// Child is the supervised worker process.
-type Child interface {
-	StartedAt() time.Time
-	Running() bool
-	Exited() <-chan *child.ExitError
-	Terminate(ctx context.Context, sig syscall.Signal) (*child.ExitError, error)
-	Stop(ctx context.Context) (*child.ExitError, error)
-}
-
-var _ Child = (*child.Process)(nil)
-
-// HealthChecker is implemented by workers that can tell a freshly started
-// worker is up and taking jobs; the reborn dyno then releases its lease.
-type HealthChecker interface {
-	Healthy(ctx context.Context) (bool, error)
-}
 
 // Settings are the agent's knobs, resolved from the configuration.
 type Settings struct {
@@ -45,9 +43,8 @@ type Settings struct {
 	CheckSchedule   Schedule
 	RestartSchedule Schedule // nil: no rolling restarts
 	GraceTime       time.Duration
-	ShutdownWait    time.Duration
 	ConfirmAfter    time.Duration
-	LeaseRenew      time.Duration // how often a held lease is renewed while quieting and draining
+	LeaseRenew      time.Duration // how often a held lease is renewed, at every step until it is let go
 	DryRun          bool
 	Dyno            string
 	Version         string
@@ -60,10 +57,11 @@ type Settings struct {
 // EX_TEMPFAIL, which supervisors treat as "start me again".
 const ExitCodeRestart = 75
 
-// ExitError ends Run with a process exit code.
+// ExitError ends Run with a process exit code: the worker's, when the agent
+// ends with it. It is the one exit-error type; the command exits with Code.
 type ExitError struct {
 	Code int
-	Err  error
+	Err  error // why, when the agent ends on a failure or the worker's own exit
 }
 
 func (e *ExitError) Error() string {
@@ -76,42 +74,60 @@ func (e *ExitError) Error() string {
 func (e *ExitError) Unwrap() error { return e.Err }
 
 // Agent watches one worker (or the whole dyno when Child is nil).
+//
+// The worker's capabilities are explicit fields, all optional: Quieter for
+// quiet and drain, JobEnds, Growth and Health for what a worker that reports
+// its jobs (Sidekiq) can tell.
 type Agent struct {
 	Settings  Settings
 	Meter     Meter
-	Worker    Worker // nil: nothing to quiet or drain
-	Fleet     Fleet
+	Quieter   Quieter          // nil: nothing to quiet or drain
+	JobEnds   JobWatcher       // nil: memory is sampled on the check schedule only
+	Growth    GrowthAttributor // nil: growth is not attributed to job classes
+	Health    HealthChecker    // nil: a restart is confirmed after ConfirmAfter alone
+	Fleet     heartbeat.Fleet
 	Restarter Restarter
 	Child     Child // nil: no worker command
 	Signals   <-chan os.Signal
 	Logger    *slog.Logger
 	Metrics   Metrics // nil: none
 	Now       func() time.Time
-	// Runners are more loops to run alongside the agent (a Redis subscriber,
-	// the Sidekiq reader, the metrics server); the first to fail stops all.
-	Runners []func(context.Context) error
 
-	state      string
-	startedAt  time.Time
-	overChecks int
-	lastRSS    uint64
+	st    loopState
+	lease leaseKeeper
+}
+
+// loopState is what the check loop carries from one check to the next. Only
+// the watch goroutine touches it.
+type loopState struct {
+	state      heartbeat.State
+	startedAt  time.Time // when watching began; the worker's start when Child is set
+	last       Decision  // the policy's memory (Decide)
+	lastRSS    uint64    // the previous sample, for growth attribution
 	restarts   int
 	lastReason string
-	pending    *heartbeat.Lease // held from before the last restart, released once healthy
-	holdLogged string
-	heldKnown  bool // the lease lookup of the start has succeeded
-	heldFailed bool
-	waitLogged string
-	lastSample time.Time
-	leaseWait  time.Time
+	wantedAt   time.Time // when the restart now waiting for a lease was first wanted
 
-	// mu guards what the lease keeper and the worker watcher share with
-	// the check loop.
+	pending   *heartbeat.Lease // held from before the last restart, released once healthy
+	heldKnown bool             // the lease lookup of the start has succeeded
+
+	sampleLoggedAt time.Time
+	publishedAt    time.Time       // the last presence published
+	publishedState heartbeat.State // and the state it carried
+	logged         logOnce
+}
+
+// publishEvery bounds how often checks after job ends publish the presence.
+const publishEvery = time.Second
+
+// leaseKeeper is the lease this agent holds and how it lets go of it,
+// shared by the check loop, the keeper goroutine (keepLease), the worker's
+// exit watcher and the end of Run; mu guards it.
+type leaseKeeper struct {
 	mu sync.Mutex
-	// kept is the lease this agent holds, renewed every LeaseRenew until
-	// it is released or the agent ends: the restart's lease, or the one
-	// pending confirmation.
-	kept *heartbeat.Lease
+	// held is renewed every LeaseRenew until it is released or the agent
+	// ends: the restart's lease, or the one pending confirmation.
+	held *heartbeat.Lease
 	// replaced is set once a restart was requested after which another
 	// agent process carries on; the lease is then handed over, never
 	// released, when this agent ends.
@@ -122,8 +138,23 @@ type Agent struct {
 	quietedStart time.Time
 }
 
-// Run runs until the worker exits, a signal stops the agent, or a restart
-// ends it; the returned *ExitError carries the exit code.
+// logOnce remembers, per event, the last value logged, so a condition that
+// lasts check after check (waiting for a slot, Redis away) is logged once.
+type logOnce map[string]string
+
+// changed reports whether v differs from what was last logged for event, and
+// remembers v.
+func (l logOnce) changed(event, v string) bool {
+	if l[event] == v {
+		return false
+	}
+	l[event] = v
+	return true
+}
+
+// Run runs until the worker exits, a signal stops the agent, a restart ends
+// it, or ctx ends; the returned *ExitError carries the exit code. It waits
+// for every goroutine it starts, including the worker's graceful stop.
 func (a *Agent) Run(ctx context.Context) error {
 	if a.Now == nil {
 		a.Now = time.Now
@@ -135,8 +166,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.Metrics = nopMetrics{}
 	}
 	a.Logger = a.Logger.With("dyno", a.Settings.Dyno)
-	a.startedAt = a.Now()
-	a.state = heartbeat.StateWatching
+	a.st = loopState{state: heartbeat.StateWatching, startedAt: a.Now(), logged: logOnce{}}
 
 	g, ctx := errgroup.WithContext(ctx)
 	// The first signal ends watching at once: no new restart starts, and an
@@ -165,18 +195,17 @@ func (a *Agent) Run(ctx context.Context) error {
 						continue
 					}
 					a.Logger.Info("worker exited", "event", "worker_exit", "code", e.Code)
-					return &ExitError{Code: e.Code, Err: e}
+					return &ExitError{Code: e.Code, Err: errors.New(e.String())}
 				}
 			}
 		})
 	}
 	g.Go(func() error { return a.keepLease(ctx) })
-	for _, run := range a.Runners {
-		g.Go(func() error { return run(ctx) })
-	}
 	err := g.Wait()
+	// Every exit path lets go of the lease: released, or handed over to the
+	// agent that replaces this one. Its own bounded context: ctx has ended.
 	a.letGo(context.WithoutCancel(ctx))
-	// The worker must not outlive the agent: a helper loop failed, or a
+	// The worker must not outlive the agent: another loop failed, or a
 	// restart in place started a new worker while a signal was stopping the old.
 	if a.Child != nil && a.Child.Running() {
 		a.Logger.Warn("worker still running as the agent ends; stopping it", "event", "worker_orphan", "err", err)
@@ -185,61 +214,75 @@ func (a *Agent) Run(ctx context.Context) error {
 	return err
 }
 
-// handleSignals forwards SIGTERM and SIGINT to the worker and ends the agent
-// with the worker's exit code. Heroku may send SIGTERM more than once, so a
-// repeated TERM is not forwarded again; a second INT (Ctrl-C twice) kills.
+// handleSignals forwards the first SIGTERM or SIGINT to the worker and ends
+// the agent with the worker's exit code. Heroku may send SIGTERM more than
+// once, so a repeated TERM is not forwarded again; a second INT (Ctrl-C
+// twice) kills.
 func (a *Agent) handleSignals(ctx context.Context, stopWatching context.CancelFunc) error {
-	var done chan *ExitError
-	// Terminate outlives ctx (a failing loop must not cut the worker's
-	// shutdown short); only a second INT kills at once.
+	var sig syscall.Signal
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case s := <-a.Signals:
+		sig = a.signalReceived(s)
+	}
+	stopWatching()
+	if a.Child == nil {
+		return &ExitError{Code: 0}
+	}
+	// The graceful stop outlives ctx: when another loop fails meanwhile, the
+	// worker still gets its SHUTDOWN_WAIT (a cancelled Terminate means
+	// SIGKILL). Only a second INT cuts it short.
 	tctx, kill := context.WithCancel(context.WithoutCancel(ctx))
 	defer kill()
+	done := make(chan *ExitError, 1)
+	go func() { done <- a.terminate(tctx, sig) }()
+	ending := ctx.Done()
 	for {
 		select {
-		case <-ctx.Done():
-			return ctx.Err()
 		case e := <-done:
 			return e
+		case <-ending:
+			ending = nil
+			a.Logger.Info("the agent is ending; the worker's graceful stop goes on", "event", "stop_continues")
 		case s := <-a.Signals:
-			sig, _ := s.(syscall.Signal)
-			a.Logger.Info("signal received", "event", "signal", "signal", sig.String())
-			stopWatching()
-			if a.Child == nil {
-				return &ExitError{Code: 0}
+			if a.signalReceived(s) == syscall.SIGINT {
+				kill()
 			}
-			if done != nil {
-				if sig == syscall.SIGINT {
-					kill()
-				}
-				continue
-			}
-			done = make(chan *ExitError, 1)
-			go func() {
-				e, err := a.Child.Terminate(tctx, sig)
-				switch {
-				case e != nil:
-					done <- &ExitError{Code: e.Code}
-				case err != nil:
-					done <- &ExitError{Code: 1, Err: err}
-				default:
-					done <- &ExitError{Code: 0}
-				}
-			}()
 		}
+	}
+}
+
+func (a *Agent) signalReceived(s os.Signal) syscall.Signal {
+	sig, _ := s.(syscall.Signal)
+	a.Logger.Info("signal received", "event", "signal", "signal", sig.String())
+	return sig
+}
+
+// terminate forwards sig to the worker and waits for it to stop.
+func (a *Agent) terminate(ctx context.Context, sig syscall.Signal) *ExitError {
+	e, err := a.Child.Terminate(ctx, sig)
+	switch {
+	case e != nil:
+		return &ExitError{Code: e.Code}
+	case err != nil:
+		return &ExitError{Code: 1, Err: err}
+	default:
+		return &ExitError{Code: 0}
 	}
 }
 
 func (a *Agent) watch(ctx context.Context) error {
 	var jobEnded <-chan struct{}
-	if jw, ok := a.Worker.(JobWatcher); ok {
-		jobEnded = jw.JobEnded()
+	if a.JobEnds != nil {
+		jobEnded = a.JobEnds.JobEnded()
 	}
 	if err := a.check(ctx, "start"); err != nil {
 		return err
 	}
 	for {
 		now := a.Now()
-		next := a.Settings.CheckSchedule.Next(now)
+		next := NextCheck(a.Settings.CheckSchedule, now)
 		timer := time.NewTimer(next.Sub(now))
 		var err error
 		select {
@@ -253,7 +296,7 @@ func (a *Agent) watch(ctx context.Context) error {
 			err = a.check(ctx, "job_end")
 		case <-a.Fleet.SlotFreed():
 			timer.Stop()
-			if a.state == heartbeat.StateWanting {
+			if a.st.state == heartbeat.StateWanting {
 				err = a.check(ctx, "slot_freed")
 			}
 		}
@@ -263,61 +306,84 @@ func (a *Agent) watch(ctx context.Context) error {
 	}
 }
 
-// check samples memory, publishes presence, and restarts when the policy says so.
+// check is one turn of the loop: observe, decide, act.
 func (a *Agent) check(ctx context.Context, trigger string) error {
+	obs, ok := a.observe(ctx, trigger)
+	if !ok {
+		return nil
+	}
+	a.lookUpHeld(ctx)
+	a.confirm(ctx, obs.Uptime)
+	// A burst of short jobs samples memory many times a second; the fleet
+	// needs the presence far less often (it lasts PresenceTTL), and each
+	// publish is a write to the Redis the app's jobs live in.
+	if trigger != "job_end" || a.Now().Sub(a.st.publishedAt) >= publishEvery || a.st.publishedState != a.st.state {
+		a.publish(ctx, obs.RSS)
+	}
+	d := a.decide(obs, trigger)
+	return a.act(ctx, d, obs.RSS)
+}
+
+// observe samples memory and feeds the attribution and metrics; false when
+// no sample could be read (nothing is decided on a missing sample).
+func (a *Agent) observe(ctx context.Context, trigger string) (Observation, bool) {
 	rss, err := a.Meter.Sample(ctx)
 	if err != nil {
 		a.Logger.Warn("memory sample failed", "event", "sample_failed", "err", err)
-		return nil
+		return Observation{}, false
 	}
 	now := a.Now()
 	startedAt := a.workerStartedAt()
-	uptime := now.Sub(startedAt)
-	if ga, ok := a.Worker.(GrowthAttributor); ok && a.lastRSS > 0 {
-		ga.Attribute(int64(rss) - int64(a.lastRSS))
+	if a.Growth != nil && a.st.lastRSS > 0 {
+		a.Growth.Attribute(int64(rss) - int64(a.st.lastRSS))
 	}
-	a.lastRSS = rss
-	a.overChecks = OverChecks(a.overChecks, rss, a.Settings.Policy.MaxRSS)
+	a.st.lastRSS = rss
 	a.Metrics.Sample(rss, a.Settings.Limit)
-	if now.Sub(a.lastSample) >= 20*time.Second || trigger == "start" {
-		a.lastSample = now
-		a.Logger.Info("memory", "event", "sample", "sample#memory_rss", fmtMB(rss), "sample#memory_limit", fmtMB(a.Settings.Limit), "state", a.state)
-	} else {
-		a.Logger.Debug("memory", "event", "check", "trigger", trigger, "rss", fmtMB(rss), "over_checks", a.overChecks)
+	if now.Sub(a.st.sampleLoggedAt) >= 20*time.Second || trigger == "start" {
+		a.st.sampleLoggedAt = now
+		a.Logger.Info("memory", "event", "sample", "sample#memory_rss", bytesize.MB(rss), "sample#memory_limit", bytesize.MB(a.Settings.Limit), "state", a.st.state)
 	}
-	a.lookUpHeld(ctx)
-	a.confirm(ctx, uptime)
-	a.publish(ctx, rss, startedAt)
-
-	d := Decide(a.Settings.Policy, Observation{
-		RSS: rss, OverChecks: a.overChecks, Uptime: uptime,
+	return Observation{
+		RSS: rss, Uptime: now.Sub(startedAt),
 		RollingDue: RollingDue(a.Settings.RestartSchedule, startedAt, now),
-	})
+	}, true
+}
+
+// decide asks the policy and remembers its answer for the next check.
+func (a *Agent) decide(obs Observation, trigger string) Decision {
+	d := Decide(a.Settings.Policy, a.st.last, obs)
+	a.Logger.Debug("memory", "event", "check", "trigger", trigger, "rss", bytesize.MB(obs.RSS), "over_checks", d.OverChecks)
+	if d.Hold != "" && d.Hold != a.st.last.Hold {
+		a.Logger.Info("over the limit, holding", "event", "hold", "hold", d.Hold, "rss", bytesize.MB(obs.RSS), "limit", bytesize.MB(a.Settings.Limit),
+			"over_checks", d.OverChecks, "uptime", obs.Uptime.Round(time.Second))
+	}
+	a.st.last = d
+	return d
+}
+
+// act carries a decision out: keep watching, or want a restart and start it
+// once the fleet grants a lease.
+func (a *Agent) act(ctx context.Context, d Decision, rss uint64) error {
 	if !d.Restart {
 		a.setState(heartbeat.StateWatching)
-		if d.Hold != "" && a.holdLogged != d.Hold {
-			a.Logger.Info("over the limit, holding", "event", "hold", "hold", d.Hold, "rss", fmtMB(rss), "limit", fmtMB(a.Settings.Limit),
-				"over_checks", a.overChecks, "uptime", uptime.Round(time.Second))
-		}
-		a.holdLogged = d.Hold
 		return nil
 	}
-	a.holdLogged = ""
+	limit := bytesize.MB(a.Settings.Limit)
 	if a.Settings.DryRun {
-		if a.state != heartbeat.StateWanting {
-			a.Logger.Warn("restart wanted; DRY_RUN is on, so nothing is done", "event", "dry_run", "reason", d.Reason, "rss", fmtMB(rss), "limit", fmtMB(a.Settings.Limit))
+		if a.st.state != heartbeat.StateWanting {
+			a.Logger.Warn("restart wanted; DRY_RUN is on, so nothing is done", "event", "dry_run", "reason", d.Reason, "rss", bytesize.MB(rss), "limit", limit)
 		}
 		a.setState(heartbeat.StateWanting)
 		return nil
 	}
-	if a.state != heartbeat.StateWanting {
-		a.leaseWait = now
-		a.waitLogged = ""
-		a.Logger.Warn("restart wanted", "event", "restart_wanted", "reason", d.Reason, "rss", fmtMB(rss), "limit", fmtMB(a.Settings.Limit),
+	if a.st.state != heartbeat.StateWanting {
+		a.st.wantedAt = a.Now()
+		delete(a.st.logged, "lease_wait")
+		a.Logger.Warn("restart wanted", "event", "restart_wanted", "reason", d.Reason, "rss", bytesize.MB(rss), "limit", limit,
 			a.topJobs())
 	}
 	a.setState(heartbeat.StateWanting)
-	if a.pending != nil {
+	if a.st.pending != nil {
 		// Wanted again before the last restart was confirmed: hand the slot
 		// to waiting dynos first rather than keep it, or one quick bloater
 		// could hold the fleet's only slot forever.
@@ -333,10 +399,9 @@ func (a *Agent) check(ctx context.Context, trigger string) error {
 			if pe != nil {
 				kind = "peers"
 			}
-			if a.waitLogged != kind {
+			if a.st.logged.changed("lease_wait", kind) {
 				a.Logger.Info("waiting for a restart slot", "event", "lease_wait", "why", err.Error())
 			}
-			a.waitLogged = kind
 		default:
 			// Without the lease nothing is quieted: the worker keeps running.
 			a.Metrics.FleetError("acquire")
@@ -344,10 +409,11 @@ func (a *Agent) check(ctx context.Context, trigger string) error {
 		}
 		return nil
 	}
-	a.Metrics.LeaseWait(now.Sub(a.leaseWait))
+	a.Metrics.LeaseWait(a.Now().Sub(a.st.wantedAt))
 	return a.restart(ctx, lease, d.Reason, rss)
 }
 
+// restart walks a restart from the lease to the Restarter.
 func (a *Agent) restart(ctx context.Context, lease heartbeat.Lease, reason string, rss uint64) error {
 	log := a.Logger.With("slot", lease.Slot, "token", lease.Token, "reason", reason)
 	a.setState(heartbeat.StateLeased)
@@ -363,50 +429,31 @@ func (a *Agent) restart(ctx context.Context, lease heartbeat.Lease, reason strin
 	// released or handed over and this agent ends.
 	a.keep(&lease)
 
-	if a.Worker != nil {
-		a.mu.Lock()
-		a.quietedStart = a.workerStartedAt()
-		a.mu.Unlock()
-		a.setState(heartbeat.StateQuieting)
-		a.publish(ctx, rss, a.workerStartedAt())
-		if err := a.Worker.Quiet(ctx); err != nil {
-			log.Warn("quiet failed; draining anyway", "event", "quiet_failed", "err", err)
-		}
-		a.setState(heartbeat.StateDraining)
-		a.publish(ctx, rss, a.workerStartedAt())
-		log.Info("worker quiet, draining", "event", "drain", "grace", a.Settings.GraceTime)
-		start := a.Now()
-		dctx, cancel := context.WithTimeout(ctx, a.Settings.GraceTime)
-		err := a.Worker.Drain(dctx)
-		cancel()
-		a.Metrics.Drain(a.Now().Sub(start))
-		switch {
-		case ctx.Err() != nil:
-			return ctx.Err()
-		case err != nil:
-			log.Warn("grace time passed before the worker reported drained; stopping it (a graceful worker hands unfinished jobs back)",
-				"event", "drain_timeout", "grace", a.Settings.GraceTime)
-		default:
-			log.Info("worker drained", "event", "drained", "took", a.Now().Sub(start).Round(time.Millisecond))
+	if a.Quieter != nil {
+		a.lease.mu.Lock()
+		a.lease.quietedStart = a.workerStartedAt()
+		a.lease.mu.Unlock()
+		if err := a.quietAndDrain(ctx, log, rss); err != nil {
+			return err
 		}
 	}
 
 	a.setState(heartbeat.StateRestarting)
-	a.publish(ctx, rss, a.workerStartedAt())
-	log.Warn("restarting", "event", "restart", "rss", fmtMB(rss), "limit", fmtMB(a.Settings.Limit),
+	a.publish(ctx, rss)
+	log.Warn("restarting", "event", "restart", "rss", bytesize.MB(rss), "limit", bytesize.MB(a.Settings.Limit),
 		"count#dynocycle.restart", 1, a.topJobs())
 	a.Metrics.Restart(reason)
-	if r, ok := a.Restarter.(Replacer); ok && r.ReplacesAgent() {
-		a.mu.Lock()
-		a.replaced = true
-		a.mu.Unlock()
+	if a.Restarter.ReplacesAgent() {
+		a.lease.mu.Lock()
+		a.lease.replaced = true
+		a.lease.mu.Unlock()
 		lease = a.handOver(ctx, lease, log)
 	}
 	next, err := a.Restarter.Restart(ctx, reason)
-	a.restarts++
-	a.lastReason = reason
-	a.overChecks = 0
-	a.lastRSS = 0
+	a.st.restarts++
+	a.st.lastReason = reason
+	a.st.last = Decision{}
+	a.st.lastRSS = 0
 	switch {
 	case ctx.Err() != nil:
 		return ctx.Err() // stopping on a signal: the signal handler stops the worker
@@ -422,10 +469,38 @@ func (a *Agent) restart(ctx context.Context, lease heartbeat.Lease, reason strin
 		return a.awaitTermination(ctx, log)
 	}
 	// Restarted in place: keep the slot until the new worker is healthy.
-	a.pending = &lease
-	a.startedAt = a.Now()
+	a.st.pending = &lease
+	a.st.startedAt = a.Now()
 	a.setState(heartbeat.StateWatching)
-	log.Info("worker restarted in place", "event", "restarted", "restarts", a.restarts)
+	log.Info("worker restarted in place", "event", "restarted", "restarts", a.st.restarts)
+	return nil
+}
+
+// quietAndDrain quiets the worker and waits up to GRACE_TIME for its jobs to
+// finish; it fails only when ctx ends.
+func (a *Agent) quietAndDrain(ctx context.Context, log *slog.Logger, rss uint64) error {
+	a.setState(heartbeat.StateQuieting)
+	a.publish(ctx, rss)
+	if err := a.Quieter.Quiet(ctx); err != nil {
+		log.Warn("quiet failed; draining anyway", "event", "quiet_failed", "err", err)
+	}
+	a.setState(heartbeat.StateDraining)
+	a.publish(ctx, rss)
+	log.Info("worker quiet, draining", "event", "drain", "grace", a.Settings.GraceTime)
+	start := a.Now()
+	dctx, cancel := context.WithTimeout(ctx, a.Settings.GraceTime)
+	err := a.Quieter.Drain(dctx)
+	cancel()
+	a.Metrics.Drain(a.Now().Sub(start))
+	switch {
+	case ctx.Err() != nil:
+		return ctx.Err()
+	case err != nil:
+		log.Warn("grace time passed before the worker reported drained; stopping it (a graceful worker hands unfinished jobs back)",
+			"event", "drain_timeout", "grace", a.Settings.GraceTime)
+	default:
+		log.Info("worker drained", "event", "drained", "took", a.Now().Sub(start).Round(time.Millisecond))
+	}
 	return nil
 }
 
@@ -459,19 +534,20 @@ func (a *Agent) keepLease(ctx context.Context) error {
 	}
 }
 
+// keep makes l the lease the keeper renews; nil once it is let go.
 func (a *Agent) keep(l *heartbeat.Lease) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	a.kept = l
+	a.lease.mu.Lock()
+	defer a.lease.mu.Unlock()
+	a.lease.held = l
 }
 
 func (a *Agent) keptLease() (heartbeat.Lease, bool) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.kept == nil {
+	a.lease.mu.Lock()
+	defer a.lease.mu.Unlock()
+	if a.lease.held == nil {
 		return heartbeat.Lease{}, false
 	}
-	return *a.kept, true
+	return *a.lease.held, true
 }
 
 // handOver records on the lease that the platform is about to replace this
@@ -484,10 +560,12 @@ func (a *Agent) handOver(ctx context.Context, lease heartbeat.Lease, log *slog.L
 		log.Warn("cannot hand the lease over before the restart; will retry as the agent ends", "event", "lease_handover_failed", "err", err)
 		return lease
 	}
-	a.mu.Lock()
-	a.handedOver = true
-	a.kept = &h
-	a.mu.Unlock()
+	log.Info("lease handed over to the dyno that replaces this one", "event", "lease_handover",
+		"process_type", h.ProcessType, "restart_at", h.RestartAt)
+	a.lease.mu.Lock()
+	a.lease.handedOver = true
+	a.lease.held = &h
+	a.lease.mu.Unlock()
 	return h
 }
 
@@ -501,9 +579,9 @@ func (a *Agent) letGo(ctx context.Context) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	a.mu.Lock()
-	replaced, handedOver := a.replaced, a.handedOver
-	a.mu.Unlock()
+	a.lease.mu.Lock()
+	replaced, handedOver := a.lease.replaced, a.lease.handedOver
+	a.lease.mu.Unlock()
 	log := a.Logger.With("slot", lease.Slot, "token", lease.Token)
 	if replaced {
 		if !handedOver {
@@ -525,10 +603,10 @@ func (a *Agent) letGo(ctx context.Context) {
 
 // exitIsDrain reports whether a worker exit is the quieted worker leaving
 // on its own during its restart: that exit is its drain.
-func (a *Agent) exitIsDrain(e *child.ExitError) bool {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return !a.quietedStart.IsZero() && e.Started.Equal(a.quietedStart)
+func (a *Agent) exitIsDrain(e *child.Exit) bool {
+	a.lease.mu.Lock()
+	defer a.lease.mu.Unlock()
+	return !a.lease.quietedStart.IsZero() && e.Started.Equal(a.lease.quietedStart)
 }
 
 // awaitTermination waits for the platform's SIGTERM after an API restart;
@@ -539,10 +617,12 @@ func (a *Agent) awaitTermination(ctx context.Context, log *slog.Logger) error {
 		wait = 2 * time.Minute
 	}
 	log.Info("restart requested; waiting for the platform to stop this dyno", "event", "await_termination", "wait", wait)
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
 	select {
 	case <-ctx.Done():
 		return ctx.Err()
-	case <-time.After(wait):
+	case <-timer.C:
 		log.Error("the platform did not stop the dyno; stopping the worker and exiting", "event", "termination_timeout")
 		a.stopChild(ctx)
 		return &ExitError{Code: 1, Err: errors.New("platform did not restart the dyno")}
@@ -563,36 +643,38 @@ func (a *Agent) stopChild(ctx context.Context) {
 // started while Redis was away must still release its slot, or every other
 // dyno's restart would wait for the lease to expire.
 func (a *Agent) lookUpHeld(ctx context.Context) {
-	if a.heldKnown {
+	if a.st.heldKnown {
 		return
 	}
 	lease, ok, err := a.Fleet.Held(ctx)
 	if err != nil {
-		if !a.heldFailed {
+		if a.st.logged.changed("lease_lookup_failed", "failed") {
 			a.Logger.Warn("cannot look up a lease from before the restart; will retry", "event", "lease_lookup_failed", "err", err)
 		}
-		a.heldFailed = true
 		a.Metrics.FleetError("held")
 		return
 	}
-	a.heldKnown = true
+	a.st.heldKnown = true
 	if ok {
-		a.pending = &lease
+		a.st.pending = &lease
 		a.keep(&lease) // renewed while the worker boots
-		a.Logger.Info("holding the restart lease from before the restart; releasing it once the worker is healthy",
-			"event", "lease_pending", "slot", lease.Slot, "token", lease.Token)
+		log := a.Logger.With("event", "lease_pending", "slot", lease.Slot, "token", lease.Token)
+		if lease.HandedOver() {
+			log = log.With("holder", lease.Holder, "handed_over_at", lease.RestartAt)
+		}
+		log.Info("holding the restart lease from before the restart; releasing it once the worker is healthy")
 	}
 }
 
 // confirm releases a lease held from before the restart once the new worker
 // is healthy: what keeps restarts strictly one after another.
 func (a *Agent) confirm(ctx context.Context, uptime time.Duration) {
-	if a.pending == nil {
+	if a.st.pending == nil {
 		return
 	}
 	healthy := uptime >= a.Settings.ConfirmAfter
-	if hc, ok := a.Worker.(HealthChecker); ok && !healthy {
-		if ok, err := hc.Healthy(ctx); err == nil && ok {
+	if !healthy && a.Health != nil {
+		if ok, err := a.Health.Healthy(ctx); err == nil && ok {
 			healthy = true
 		}
 	}
@@ -604,39 +686,40 @@ func (a *Agent) confirm(ctx context.Context, uptime time.Duration) {
 
 // releasePending frees the lease held from before the last restart.
 func (a *Agent) releasePending(ctx context.Context, why string) {
-	lease := *a.pending
+	lease := *a.st.pending
 	if err := a.Fleet.Release(ctx, lease); err != nil && !errors.Is(err, heartbeat.ErrNotHolder) {
 		a.Metrics.FleetError("release")
 		a.Logger.Warn("cannot release the restart lease yet", "event", "lease_release_failed", "err", err)
 		return
 	}
-	a.pending = nil
+	a.st.pending = nil
 	a.keep(nil)
 	a.Logger.Info(why+"; lease released", "event", "lease_released", "slot", lease.Slot, "token", lease.Token)
 }
 
-func (a *Agent) publish(ctx context.Context, rss uint64, startedAt time.Time) {
+func (a *Agent) publish(ctx context.Context, rss uint64) {
 	p := heartbeat.Presence{
-		Dyno: a.Settings.Dyno, ProcessType: heartbeat.ProcessType(a.Settings.Dyno), State: a.state,
-		RSS: rss, Limit: a.Settings.Limit, StartedAt: startedAt, Restarts: a.restarts,
-		LastReason: a.lastReason, Version: a.Settings.Version, UpdatedAt: a.Now(),
+		Dyno: a.Settings.Dyno, ProcessType: heartbeat.ProcessType(a.Settings.Dyno), State: a.st.state,
+		RSS: rss, Limit: a.Settings.Limit, StartedAt: a.workerStartedAt(), Restarts: a.st.restarts,
+		LastReason: a.st.lastReason, Version: a.Settings.Version, UpdatedAt: a.Now(),
 	}
-	if ga, ok := a.Worker.(GrowthAttributor); ok {
-		p.TopJobs = ga.TopJobs(3)
-		a.Metrics.JobGrowth(ga.TopJobs(20))
+	if a.Growth != nil {
+		p.TopJobs = a.Growth.TopJobs(3)
+		a.Metrics.JobGrowth(a.Growth.TopJobs(20))
 	}
+	a.st.publishedAt, a.st.publishedState = p.UpdatedAt, p.State
 	if err := a.Fleet.Publish(ctx, p); err != nil {
 		a.Metrics.FleetError("publish")
 		a.Logger.Warn("publish presence failed", "event", "publish_failed", "err", err)
 	}
 }
 
-func (a *Agent) setState(s string) {
-	if a.state == s {
+func (a *Agent) setState(s heartbeat.State) {
+	if a.st.state == s {
 		return
 	}
-	a.Logger.Debug("state", "event", "state", "from", a.state, "state", s)
-	a.state = s
+	a.Logger.Debug("state", "event", "state", "from", a.st.state, "state", s)
+	a.st.state = s
 	a.Metrics.State(s)
 }
 
@@ -646,46 +729,21 @@ func (a *Agent) workerStartedAt() time.Time {
 			return t
 		}
 	}
-	return a.startedAt
+	return a.st.startedAt
 }
 
 // topJobs is the log attribute naming the job classes that grew memory the
 // most, so the user learns which job to fix; empty when none are known.
 func (a *Agent) topJobs() slog.Attr {
-	ga, ok := a.Worker.(GrowthAttributor)
-	if !ok {
+	if a.Growth == nil {
 		return slog.Attr{}
 	}
 	var parts []string
-	for _, j := range ga.TopJobs(3) {
-		parts = append(parts, fmt.Sprintf("%s +%s over %d runs", j.Class, fmtMB(uint64(max(j.Bytes, 0))), j.Runs))
+	for _, j := range a.Growth.TopJobs(3) {
+		parts = append(parts, j.String())
 	}
 	if len(parts) == 0 {
 		return slog.Attr{}
 	}
 	return slog.String("top_jobs", strings.Join(parts, ", "))
 }
-
-func fmtMB(b uint64) string { return fmt.Sprintf("%.1fMB", float64(b)/(1<<20)) }
-
-// Metrics receives what the agent observes; a Prometheus implementation
-// lives in the metrics package.
-type Metrics interface {
-	Sample(rss, limit uint64)
-	State(state string)
-	Restart(reason string)
-	Drain(d time.Duration)
-	LeaseWait(d time.Duration)
-	FleetError(op string)
-	JobGrowth(jobs []heartbeat.JobGrowth)
-}
-
-type nopMetrics struct{}
-
-func (nopMetrics) FleetError(string)               {}
-func (nopMetrics) JobGrowth([]heartbeat.JobGrowth) {}
-func (nopMetrics) Sample(uint64, uint64)           {}
-func (nopMetrics) State(string)                    {}
-func (nopMetrics) Restart(string)                  {}
-func (nopMetrics) Drain(time.Duration)             {}
-func (nopMetrics) LeaseWait(time.Duration)         {}

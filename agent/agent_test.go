@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -13,6 +15,7 @@ import (
 
 	"github.com/dynocycle/dynocycle/child"
 	"github.com/dynocycle/dynocycle/heartbeat"
+	"github.com/dynocycle/dynocycle/internal/testutil"
 )
 
 // every is a check schedule with a fixed short interval.
@@ -69,7 +72,7 @@ func (m *fakeMeter) moreChecks(t *testing.T, n int) {
 	m.mu.Lock()
 	target := m.samples + n
 	m.mu.Unlock()
-	eventually(t, fmt.Sprintf("%d more checks", n), func() bool {
+	testutil.Eventually(t, within, fmt.Sprintf("%d more checks", n), func() bool {
 		m.mu.Lock()
 		defer m.mu.Unlock()
 		return m.samples >= target
@@ -82,7 +85,7 @@ func (m *fakeMeter) set(rss uint64) {
 	m.rss = rss
 }
 
-type fakeWorker struct {
+type fakeQuieter struct {
 	rec      *recorder
 	drainErr error
 	// drained, when set, is polled until true before Drain returns.
@@ -91,14 +94,14 @@ type fakeWorker struct {
 	onQuiet func()
 }
 
-func (w *fakeWorker) Quiet(context.Context) error {
+func (w *fakeQuieter) Quiet(context.Context) error {
 	w.rec.add("quiet")
 	if w.onQuiet != nil {
 		w.onQuiet()
 	}
 	return nil
 }
-func (w *fakeWorker) Drain(ctx context.Context) error {
+func (w *fakeQuieter) Drain(ctx context.Context) error {
 	w.rec.add("drain")
 	for w.drained != nil && !w.drained() {
 		select {
@@ -122,10 +125,10 @@ type fakeFleet struct {
 	mu            sync.Mutex
 	renewals      int
 	renewFailures int
-	byState       map[string]int // renewals by the last state published
+	byState       map[heartbeat.State]int // renewals by the last state published
 }
 
-func (f *fakeFleet) renewedIn(state string) int {
+func (f *fakeFleet) renewedIn(state heartbeat.State) int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.byState[state]
@@ -157,7 +160,7 @@ func (f *fakeFleet) Renew(ctx context.Context, l heartbeat.Lease) error {
 	defer f.mu.Unlock()
 	f.renewals++
 	if f.byState == nil {
-		f.byState = map[string]int{}
+		f.byState = map[heartbeat.State]int{}
 	}
 	f.byState[state]++
 	if f.renewErr != nil || (f.renewOKFor > 0 && f.renewals > f.renewOKFor) {
@@ -213,15 +216,19 @@ type fakeChild struct {
 	rec     *recorder
 	mu      sync.Mutex
 	started time.Time
-	exited  chan *child.ExitError
+	exited  chan *child.Exit
 	code    int
 	running bool // what Running reports once the agent ends
+	// stopping, when set, makes Terminate a graceful stop that lasts until
+	// it is closed; a cancelled ctx meanwhile is a SIGKILL, as for a real
+	// worker.
+	stopping chan struct{}
 	// onTerminate runs inside Terminate.
 	onTerminate func()
 }
 
 func newFakeChild(rec *recorder) *fakeChild {
-	return &fakeChild{rec: rec, started: time.Now(), exited: make(chan *child.ExitError, 1)}
+	return &fakeChild{rec: rec, started: time.Now(), exited: make(chan *child.Exit, 1)}
 }
 
 func (c *fakeChild) StartedAt() time.Time {
@@ -234,25 +241,36 @@ func (c *fakeChild) restarted() {
 	defer c.mu.Unlock()
 	c.started = time.Now()
 }
-func (c *fakeChild) Exited() <-chan *child.ExitError { return c.exited }
+func (c *fakeChild) Exited() <-chan *child.Exit { return c.exited }
 func (c *fakeChild) Running() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.running
 }
-func (c *fakeChild) Terminate(_ context.Context, sig syscall.Signal) (*child.ExitError, error) {
+func (c *fakeChild) Terminate(ctx context.Context, sig syscall.Signal) (*child.Exit, error) {
 	c.rec.add("terminate:" + sig.String())
 	if c.onTerminate != nil {
 		c.onTerminate() // the worker takes its time to stop
 	}
-	return &child.ExitError{Code: c.code}, nil
+	if c.stopping != nil {
+		select {
+		case <-ctx.Done():
+			c.rec.add("kill")
+			return &child.Exit{Code: 137, Signal: syscall.SIGKILL}, ctx.Err()
+		case <-c.stopping:
+		}
+	}
+	return &child.Exit{Code: c.code}, nil
 }
-func (c *fakeChild) Stop(context.Context) (*child.ExitError, error) {
+func (c *fakeChild) Stop(context.Context) (*child.Exit, error) {
 	c.rec.add("stop")
-	return &child.ExitError{Code: 0}, nil
+	return &child.Exit{Code: 0}, nil
 }
 
 const mb = 1 << 20
+
+// within bounds every wait of these tests; none depends on machine speed.
+const within = 15 * time.Second
 
 type harness struct {
 	rec       *recorder
@@ -280,10 +298,10 @@ func newHarness(t *testing.T, rss uint64) *harness {
 	h.agent = &Agent{
 		Settings: Settings{
 			Policy: Policy{MaxRSS: 500 * mb, SustainChecks: 2}, Limit: 500 * mb,
-			CheckSchedule: every(2 * time.Millisecond), GraceTime: time.Second, ShutdownWait: time.Second,
+			CheckSchedule: every(2 * time.Millisecond), GraceTime: time.Second,
 			ConfirmAfter: time.Hour, LeaseRenew: time.Millisecond, Dyno: "worker.1", TerminationWait: 200 * time.Millisecond,
 		},
-		Meter: h.meter, Worker: &fakeWorker{rec: rec}, Fleet: h.fleet, Restarter: h.restarter,
+		Meter: h.meter, Quieter: &fakeQuieter{rec: rec}, Fleet: h.fleet, Restarter: h.restarter,
 		Child: h.child, Signals: h.signals,
 	}
 	return h
@@ -319,22 +337,11 @@ func (h *harness) wait(t *testing.T) error {
 	}
 }
 
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-}
-
 func TestRestartInPlaceFollowsTheFlow(t *testing.T) {
 	h := newHarness(t, 600*mb)
 	h.restarter.onRestart = func() { h.meter.set(100 * mb); h.child.restarted() }
 	h.start()
-	eventually(t, "a restart", func() bool { return h.rec.count("restart:max_rss") == 1 })
+	testutil.Eventually(t, within, "a restart", func() bool { return h.rec.count("restart:max_rss") == 1 })
 	h.stop(t)
 	got := h.rec.list()
 	want := []string{"acquire", "quiet", "drain", "restart:max_rss"}
@@ -351,7 +358,7 @@ func TestLeaseIsReleasedOnceTheNewWorkerIsHealthy(t *testing.T) {
 	h.agent.Settings.ConfirmAfter = 50 * time.Millisecond
 	h.restarter.onRestart = func() { h.meter.set(100 * mb); h.child.restarted() }
 	h.start()
-	eventually(t, "the lease released after the restart", func() bool { return h.rec.count("release") == 1 })
+	testutil.Eventually(t, within, "the lease released after the restart", func() bool { return h.rec.count("release") == 1 })
 	h.stop(t)
 	if _, held, _ := h.fleet.Held(context.Background()); held {
 		t.Error("lease still held")
@@ -366,7 +373,7 @@ func TestNoSlotMeansNoQuiet(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.start()
-	eventually(t, "several checks", func() bool {
+	testutil.Eventually(t, within, "several checks", func() bool {
 		return h.fleet.Presence().State == heartbeat.StateWanting
 	})
 	h.meter.moreChecks(t, 5) // none of them may quiet
@@ -377,7 +384,8 @@ func TestNoSlotMeansNoQuiet(t *testing.T) {
 	if err := w2.Release(context.Background(), other); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the restart after the slot was freed", func() bool { return h.rec.count("restart:max_rss") == 1 })
+	// Memory stays high, so restarts follow one another: wait for the first.
+	testutil.Eventually(t, within, "the restart after the slot was freed", func() bool { return h.rec.count("restart:max_rss") >= 1 })
 	h.stop(t)
 }
 
@@ -391,7 +399,7 @@ func TestFleetErrorsKeepTheWorkerRunning(t *testing.T) {
 			h := newHarness(t, 600*mb)
 			fault(h.fleet)
 			h.start()
-			eventually(t, "attempts", func() bool {
+			testutil.Eventually(t, within, "attempts", func() bool {
 				return h.rec.count("acquire_failed") >= 3 || h.rec.count("acquire") >= 1
 			})
 			h.meter.moreChecks(t, 5)
@@ -408,7 +416,7 @@ func TestDryRunNeverActs(t *testing.T) {
 	h.agent.Settings.DryRun = true
 	h.agent.Settings.Policy.CriticalRSS = 800 * mb
 	h.start()
-	eventually(t, "the restart wanted", func() bool { return h.fleet.Presence().State == heartbeat.StateWanting })
+	testutil.Eventually(t, within, "the restart wanted", func() bool { return h.fleet.Presence().State == heartbeat.StateWanting })
 	h.meter.moreChecks(t, 5)
 	h.stop(t)
 	if got := h.rec.list(); len(got) != 0 {
@@ -446,7 +454,7 @@ func TestAwaitTerminationEndsWithTheSignal(t *testing.T) {
 	h.agent.Settings.TerminationWait = time.Minute
 	h.child.code = 0
 	h.start()
-	eventually(t, "the API restart", func() bool { return h.rec.count("restart:max_rss") == 1 })
+	testutil.Eventually(t, within, "the API restart", func() bool { return h.rec.count("restart:max_rss") == 1 })
 	h.signals <- syscall.SIGTERM // what Heroku sends to every process of the dyno
 	var ee *ExitError
 	if err := h.wait(t); !errors.As(err, &ee) || ee.Code != 0 {
@@ -485,10 +493,62 @@ func TestSignalsAreForwardedAndTheWorkersCodeReturned(t *testing.T) {
 	}
 }
 
+// A loop beside the agent (the Redis subscriber, the Sidekiq reader, the
+// metrics server) failing while the worker stops gracefully ends the agent's
+// context; the worker must still get its whole graceful stop, since for a
+// real worker a cancelled Terminate is a SIGKILL that loses its jobs.
+func TestAFailingLoopDoesNotCutTheWorkersGracefulStopShort(t *testing.T) {
+	h := newHarness(t, 100*mb)
+	logs := &testutil.Buffer{}
+	h.agent.Logger = slog.New(slog.NewTextHandler(logs, nil))
+	h.child.stopping = make(chan struct{})
+	h.start()
+	h.signals <- syscall.SIGTERM
+	testutil.Eventually(t, within, "the TERM forwarded", func() bool { return h.rec.count("terminate:terminated") == 1 })
+	h.cancel() // what cmd's group does when a loop beside the agent fails
+	testutil.Eventually(t, within, "the agent to see it is ending (or the worker killed)", func() bool {
+		return strings.Contains(logs.String(), "event=stop_continues") || h.rec.count("kill") > 0
+	})
+	if h.rec.count("kill") > 0 {
+		t.Fatalf("the graceful stop was cut short: %v", h.rec.list())
+	}
+	select {
+	case err := <-h.done:
+		t.Fatalf("the agent ended (%v) before its worker stopped", err)
+	default:
+	}
+	close(h.child.stopping) // the worker finishes its jobs and exits
+	// The agent ends with its context's error: the command exits with the
+	// failed loop's.
+	if err := h.wait(t); !errors.Is(err, context.Canceled) {
+		t.Fatalf("err = %v, want the cancellation", err)
+	}
+	if got := h.rec.list(); !slices.Equal(got, []string{"terminate:terminated"}) {
+		t.Errorf("events = %v, want the TERM alone", got)
+	}
+}
+
+// A second INT still kills at once.
+func TestASecondInterruptKills(t *testing.T) {
+	h := newHarness(t, 100*mb)
+	h.child.stopping = make(chan struct{})
+	h.start()
+	h.signals <- syscall.SIGINT
+	testutil.Eventually(t, within, "the INT forwarded", func() bool { return h.rec.count("terminate:interrupt") == 1 })
+	h.signals <- syscall.SIGINT
+	var ee *ExitError
+	if err := h.wait(t); !errors.As(err, &ee) || ee.Code != 137 {
+		t.Fatalf("err = %v, want the killed worker's 137", err)
+	}
+	if h.rec.count("kill") != 1 {
+		t.Errorf("events = %v, want a kill", h.rec.list())
+	}
+}
+
 func TestWorkerExitEndsTheAgentWithItsCode(t *testing.T) {
 	h := newHarness(t, 100*mb)
 	h.start()
-	h.child.exited <- &child.ExitError{Code: 3}
+	h.child.exited <- &child.Exit{Code: 3}
 	var ee *ExitError
 	if err := h.wait(t); !errors.As(err, &ee) || ee.Code != 3 {
 		t.Fatalf("err = %v, want exit 3", err)
@@ -500,7 +560,7 @@ func TestCriticalSkipsSustainAndUptime(t *testing.T) {
 	h.agent.Settings.Policy = Policy{MaxRSS: 500 * mb, CriticalRSS: 900 * mb, SustainChecks: 100, MinUptime: time.Hour}
 	h.restarter.onRestart = func() { h.meter.set(100 * mb); h.child.restarted() }
 	h.start()
-	eventually(t, "a critical restart", func() bool { return h.rec.count("restart:critical_rss") == 1 })
+	testutil.Eventually(t, within, "a critical restart", func() bool { return h.rec.count("restart:critical_rss") == 1 })
 	h.stop(t)
 }
 
@@ -519,7 +579,7 @@ func TestRepeatedRestartsHandTheSlotBackInBetween(t *testing.T) {
 	h := newHarness(t, 600*mb) // memory stays high: the new worker wants a restart at once
 	h.restarter.onRestart = h.child.restarted
 	h.start()
-	eventually(t, "two restarts", func() bool { return h.rec.count("restart:max_rss") >= 2 })
+	testutil.Eventually(t, within, "two restarts", func() bool { return h.rec.count("restart:max_rss") >= 2 })
 	h.stop(t)
 	got := h.rec.list()
 	first := slices.Index(got, "restart:max_rss")
@@ -547,7 +607,7 @@ func TestALeaseFromBeforeTheRestartIsReleasedEvenIfRedisWasDownAtStart(t *testin
 	h.fleet.Local = previousLife(t)
 	h.fleet.heldFails = 3
 	h.start()
-	eventually(t, "the old lease released", func() bool { return h.rec.count("release") == 1 })
+	testutil.Eventually(t, within, "the old lease released", func() bool { return h.rec.count("release") == 1 })
 	h.stop(t)
 	if _, held, _ := h.fleet.Local.Held(context.Background()); held {
 		t.Error("lease still held")
@@ -557,10 +617,10 @@ func TestALeaseFromBeforeTheRestartIsReleasedEvenIfRedisWasDownAtStart(t *testin
 func TestARestartUnderWayFinishesWhenRedisGoesAwayMidDrain(t *testing.T) {
 	h := newHarness(t, 600*mb)
 	h.fleet.renewOKFor = 1 // the check before quieting succeeds, every renewal after fails
-	h.agent.Worker.(*fakeWorker).drained = func() bool { return h.fleet.failedRenewals() >= 3 }
+	h.agent.Quieter.(*fakeQuieter).drained = func() bool { return h.fleet.failedRenewals() >= 3 }
 	h.restarter.onRestart = func() { h.meter.set(100 * mb); h.child.restarted() }
 	h.start()
-	eventually(t, "the restart", func() bool { return h.rec.count("restart:max_rss") == 1 })
+	testutil.Eventually(t, within, "the restart", func() bool { return h.rec.count("restart:max_rss") == 1 })
 	h.stop(t)
 	if got := h.rec.list()[:4]; !slices.Equal(got, []string{"acquire", "quiet", "drain", "restart:max_rss"}) {
 		t.Errorf("events = %v: a quiet worker must be restarted even when the lease cannot be renewed", got)
@@ -588,7 +648,7 @@ func TestTheRebornDynoRenewsTheLeaseWhileItsWorkerBootsThenReleasesIt(t *testing
 	h.agent.Settings.ConfirmAfter = 300 * time.Millisecond
 	h.fleet.Local = previousLife(t)
 	h.start()
-	eventually(t, "the claimed lease released", func() bool { return h.rec.count("release") == 1 })
+	testutil.Eventually(t, within, "the claimed lease released", func() bool { return h.rec.count("release") == 1 })
 	h.stop(t)
 	if n := h.fleet.renewCount(); n < 3 {
 		t.Errorf("%d renewals while the worker booted, want several", n)
@@ -606,13 +666,13 @@ func TestAPlatformRestartHandsTheLeaseOverAndKeepsRenewingIt(t *testing.T) {
 	h.restarter.next = AwaitTermination
 	h.agent.Settings.TerminationWait = time.Minute
 	h.start()
-	eventually(t, "the API restart", func() bool { return h.rec.count("restart:max_rss") == 1 })
+	testutil.Eventually(t, within, "the API restart", func() bool { return h.rec.count("restart:max_rss") == 1 })
 	got := h.rec.list()
 	if i, j := slices.Index(got, "handover"), slices.Index(got, "restart:max_rss"); i < 0 || i > j {
 		t.Fatalf("events %v: the hand-over must come before the restart request", got)
 	}
 	before := h.fleet.renewCount()
-	eventually(t, "renewals while awaiting TERM", func() bool { return h.fleet.renewCount() >= before+5 })
+	testutil.Eventually(t, within, "renewals while awaiting TERM", func() bool { return h.fleet.renewCount() >= before+5 })
 	h.signals <- syscall.SIGTERM
 	if err := h.wait(t); err != nil && !errors.As(err, new(*ExitError)) {
 		t.Fatal(err)
@@ -639,9 +699,9 @@ func TestAWorkerThatExitsOnQuietCountsAsDrained(t *testing.T) {
 			h.restarter.next = next
 			h.agent.Settings.TerminationWait = time.Minute
 			h.agent.Settings.GraceTime = time.Minute
-			w := h.agent.Worker.(*fakeWorker)
+			w := h.agent.Quieter.(*fakeQuieter)
 			exited := make(chan struct{})
-			w.onQuiet = func() { h.child.exited <- &child.ExitError{Code: 0, Started: h.child.StartedAt()}; close(exited) }
+			w.onQuiet = func() { h.child.exited <- &child.Exit{Code: 0, Started: h.child.StartedAt()}; close(exited) }
 			// Drain returns once the worker is gone, as worker.Signals does.
 			w.drained = func() bool {
 				select {
@@ -653,7 +713,7 @@ func TestAWorkerThatExitsOnQuietCountsAsDrained(t *testing.T) {
 			}
 			h.restarter.onRestart = func() { h.meter.set(100 * mb); h.child.restarted() }
 			h.start()
-			eventually(t, "the restart", func() bool { return h.rec.count("restart:max_rss") == 1 })
+			testutil.Eventually(t, within, "the restart", func() bool { return h.rec.count("restart:max_rss") == 1 })
 			var err error
 			switch next {
 			case Continue:
@@ -685,19 +745,19 @@ func TestNoExitOfTheAgentLeavesItsLeaseHeld(t *testing.T) {
 		end  func(t *testing.T, h *harness)
 	}{
 		{"signal while draining", func(h *harness) {
-			h.agent.Worker.(*fakeWorker).drained = func() bool { return false }
+			h.agent.Quieter.(*fakeQuieter).drained = func() bool { return false }
 			h.agent.Settings.GraceTime = time.Minute
 		}, func(t *testing.T, h *harness) {
-			eventually(t, "the drain", func() bool { return h.rec.count("drain") == 1 })
+			testutil.Eventually(t, within, "the drain", func() bool { return h.rec.count("drain") == 1 })
 			h.signals <- syscall.SIGTERM
 			h.wait(t)
 		}},
 		{"worker crashes before its restart is confirmed", func(h *harness) {
 			h.restarter.onRestart = func() { h.meter.set(100 * mb); h.child.restarted() }
 		}, func(t *testing.T, h *harness) {
-			eventually(t, "the restart in place", func() bool { return h.rec.count("restart:max_rss") == 1 })
+			testutil.Eventually(t, within, "the restart in place", func() bool { return h.rec.count("restart:max_rss") == 1 })
 			h.meter.moreChecks(t, 2)
-			h.child.exited <- &child.ExitError{Code: 1, Started: h.child.StartedAt()}
+			h.child.exited <- &child.Exit{Code: 1, Started: h.child.StartedAt()}
 			h.wait(t)
 		}},
 		{"restart in place fails", func(h *harness) {
@@ -737,23 +797,79 @@ func TestTheLeaseIsRenewedAtEveryStep(t *testing.T) {
 	h.restarter.next = AwaitTermination
 	h.agent.Settings.TerminationWait = time.Minute
 	h.agent.Settings.GraceTime = time.Minute
-	h.agent.Worker.(*fakeWorker).drained = func() bool { return h.fleet.renewedIn(heartbeat.StateDraining) >= 3 }
+	h.agent.Quieter.(*fakeQuieter).drained = func() bool { return h.fleet.renewedIn(heartbeat.StateDraining) >= 3 }
 	h.restarter.onRestart = func() {
-		eventually(t, "renewals while the platform is asked", func() bool { return h.fleet.renewedIn(heartbeat.StateRestarting) >= 3 })
+		testutil.Eventually(t, within, "renewals while the platform is asked", func() bool { return h.fleet.renewedIn(heartbeat.StateRestarting) >= 3 })
 	}
 	var afterTerm int
 	h.child.onTerminate = func() {
 		start := h.fleet.renewCount()
-		eventually(t, "renewals while the worker stops after TERM", func() bool { return h.fleet.renewCount() >= start+3 })
+		testutil.Eventually(t, within, "renewals while the worker stops after TERM", func() bool { return h.fleet.renewCount() >= start+3 })
 		afterTerm = h.fleet.renewCount() - start
 	}
 	h.start()
-	eventually(t, "the API restart", func() bool { return h.rec.count("restart:max_rss") == 1 })
+	testutil.Eventually(t, within, "the API restart", func() bool { return h.rec.count("restart:max_rss") == 1 })
 	before := h.fleet.renewCount()
-	eventually(t, "renewals while awaiting TERM", func() bool { return h.fleet.renewCount() >= before+3 })
+	testutil.Eventually(t, within, "renewals while awaiting TERM", func() bool { return h.fleet.renewCount() >= before+3 })
 	h.signals <- syscall.SIGTERM
 	h.wait(t)
 	if afterTerm < 3 {
 		t.Errorf("%d renewals after TERM", afterTerm)
 	}
+}
+
+type countingFleet struct {
+	*heartbeat.Local
+	mu        sync.Mutex
+	publishes int
+}
+
+func (f *countingFleet) Publish(ctx context.Context, p heartbeat.Presence) error {
+	f.mu.Lock()
+	f.publishes++
+	f.mu.Unlock()
+	return f.Local.Publish(ctx, p)
+}
+
+func (f *countingFleet) count() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.publishes
+}
+
+type jobEnds chan struct{}
+
+func (j jobEnds) JobEnded() <-chan struct{} { return j }
+
+// A burst of job ends samples memory after each, but publishes the presence
+// (a Redis write per check) at most once a second.
+func TestJobEndsBurstPublishesAtMostOncePerSecond(t *testing.T) {
+	clock := testutil.NewClock()
+	meter := &fakeMeter{rss: 100 * mb}
+	fleet := &countingFleet{Local: heartbeat.NewLocal("worker.1", 1)}
+	ends := make(jobEnds)
+	a := &Agent{
+		Settings: Settings{Policy: Policy{MaxRSS: 500 * mb, SustainChecks: 2}, Limit: 500 * mb,
+			CheckSchedule: every(time.Hour), GraceTime: time.Second, Dyno: "worker.1"},
+		Meter: meter, Fleet: fleet, JobEnds: ends, Now: clock.Now,
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	testutil.Eventually(t, within, "the start check", func() bool { return fleet.count() == 1 })
+	for range 50 {
+		ends <- struct{}{}
+	}
+	testutil.Eventually(t, within, "a check after each job end", func() bool {
+		meter.mu.Lock()
+		defer meter.mu.Unlock()
+		return meter.samples == 51
+	})
+	if n := fleet.count(); n != 1 {
+		t.Fatalf("%d presences published for a start check and 50 job ends within a second, want 1", n)
+	}
+	clock.Add(publishEvery)
+	ends <- struct{}{}
+	testutil.Eventually(t, within, "a publish once a second has passed", func() bool { return fleet.count() == 2 })
 }

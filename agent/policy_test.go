@@ -12,27 +12,29 @@ func TestDecide(t *testing.T) {
 	base := Policy{MaxRSS: 500 * mb, CriticalRSS: 900 * mb, SustainChecks: 3, MinUptime: 5 * time.Minute}
 	old := time.Hour
 	for _, tc := range []struct {
-		name string
-		p    Policy
-		o    Observation
-		want Decision
+		name     string
+		p        Policy
+		lastOver int // OverChecks of the last decision
+		o        Observation
+		want     Decision
 	}{
-		{"under the limit", base, Observation{RSS: 400 * mb, Uptime: old}, Decision{}},
-		{"at the limit is not over", base, Observation{RSS: 500 * mb, OverChecks: 0, Uptime: old}, Decision{}},
-		{"over once", base, Observation{RSS: 600 * mb, OverChecks: 1, Uptime: old}, Decision{Hold: "sustain"}},
-		{"over, not yet sustained", base, Observation{RSS: 600 * mb, OverChecks: 2, Uptime: old}, Decision{Hold: "sustain"}},
-		{"over and sustained", base, Observation{RSS: 600 * mb, OverChecks: 3, Uptime: old}, Decision{Restart: true, Reason: ReasonMaxRSS}},
-		{"sustained but too young", base, Observation{RSS: 600 * mb, OverChecks: 9, Uptime: time.Minute}, Decision{Hold: "min_uptime"}},
-		{"critical acts at once, even young", base, Observation{RSS: 901 * mb, OverChecks: 1, Uptime: time.Second}, Decision{Restart: true, Reason: ReasonCritical, Urgent: true}},
-		{"no critical limit", Policy{MaxRSS: 500 * mb, SustainChecks: 3}, Observation{RSS: 5000 * mb, OverChecks: 1, Uptime: old}, Decision{Hold: "sustain"}},
-		{"sustain of one", Policy{MaxRSS: 500 * mb, SustainChecks: 1}, Observation{RSS: 501 * mb, OverChecks: 1}, Decision{Restart: true, Reason: ReasonMaxRSS}},
-		{"rolling restart due", base, Observation{RSS: 100 * mb, Uptime: old, RollingDue: true}, Decision{Restart: true, Reason: ReasonSchedule}},
-		{"rolling restart waits for min uptime", base, Observation{RSS: 100 * mb, Uptime: time.Minute, RollingDue: true}, Decision{Hold: "min_uptime"}},
-		{"memory reason wins over schedule", base, Observation{RSS: 600 * mb, OverChecks: 3, Uptime: old, RollingDue: true}, Decision{Restart: true, Reason: ReasonMaxRSS}},
-		{"critical only policy", Policy{CriticalRSS: 900 * mb, SustainChecks: 3}, Observation{RSS: 800 * mb, Uptime: old}, Decision{}},
+		{"under the limit", base, 0, Observation{RSS: 400 * mb, Uptime: old}, Decision{}},
+		{"at the limit is not over", base, 0, Observation{RSS: 500 * mb, Uptime: old}, Decision{}},
+		{"over once", base, 0, Observation{RSS: 600 * mb, Uptime: old}, Decision{Hold: "sustain", OverChecks: 1}},
+		{"over, not yet sustained", base, 1, Observation{RSS: 600 * mb, Uptime: old}, Decision{Hold: "sustain", OverChecks: 2}},
+		{"over and sustained", base, 2, Observation{RSS: 600 * mb, Uptime: old}, Decision{Restart: true, Reason: ReasonMaxRSS, OverChecks: 3}},
+		{"sustained but too young", base, 8, Observation{RSS: 600 * mb, Uptime: time.Minute}, Decision{Hold: "min_uptime", OverChecks: 9}},
+		{"critical acts at once, even young", base, 0, Observation{RSS: 901 * mb, Uptime: time.Second}, Decision{Restart: true, Reason: ReasonCritical, OverChecks: 1}},
+		{"no critical limit", Policy{MaxRSS: 500 * mb, SustainChecks: 3}, 0, Observation{RSS: 5000 * mb, Uptime: old}, Decision{Hold: "sustain", OverChecks: 1}},
+		{"sustain of one", Policy{MaxRSS: 500 * mb, SustainChecks: 1}, 0, Observation{RSS: 501 * mb}, Decision{Restart: true, Reason: ReasonMaxRSS, OverChecks: 1}},
+		{"rolling restart due", base, 0, Observation{RSS: 100 * mb, Uptime: old, RollingDue: true}, Decision{Restart: true, Reason: ReasonSchedule}},
+		{"rolling restart waits for min uptime", base, 0, Observation{RSS: 100 * mb, Uptime: time.Minute, RollingDue: true}, Decision{Hold: "min_uptime"}},
+		{"memory reason wins over schedule", base, 2, Observation{RSS: 600 * mb, Uptime: old, RollingDue: true}, Decision{Restart: true, Reason: ReasonMaxRSS, OverChecks: 3}},
+		{"critical only policy", Policy{CriticalRSS: 900 * mb, SustainChecks: 3}, 0, Observation{RSS: 800 * mb, Uptime: old}, Decision{}},
+		{"back under the limit resets the count", base, 5, Observation{RSS: 400 * mb, Uptime: old}, Decision{}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := Decide(tc.p, tc.o); got != tc.want {
+			if got := Decide(tc.p, Decision{OverChecks: tc.lastOver}, tc.o); got != tc.want {
 				t.Errorf("Decide = %+v, want %+v", got, tc.want)
 			}
 		})
@@ -47,8 +49,8 @@ func TestOverChecks(t *testing.T) {
 	}{
 		{0, 10, 5, 1}, {2, 10, 5, 3}, {2, 5, 5, 0}, {4, 1, 5, 0}, {3, 10, 0, 0},
 	} {
-		if got := OverChecks(tc.prev, tc.rss, tc.max); got != tc.want {
-			t.Errorf("OverChecks(%d, %d, %d) = %d, want %d", tc.prev, tc.rss, tc.max, got, tc.want)
+		if got := overChecks(tc.prev, tc.rss, tc.max); got != tc.want {
+			t.Errorf("overChecks(%d, %d, %d) = %d, want %d", tc.prev, tc.rss, tc.max, got, tc.want)
 		}
 	}
 }

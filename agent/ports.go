@@ -2,17 +2,26 @@ package agent
 
 import (
 	"context"
+	"syscall"
+	"time"
 
+	"github.com/dynocycle/dynocycle/child"
 	"github.com/dynocycle/dynocycle/heartbeat"
 )
+
+// The agent's ports: every outside system it drives, each as the small
+// interface the agent needs. The fleet's interface is heartbeat.Fleet, kept
+// with the words it speaks. Implementations: memory.Meter; worker.Signals and
+// sidekiq.Worker (the worker's capabilities); child.Process; the restarters
+// of package platform; metrics.Metrics. cmd/dynocycle wires them.
 
 // Meter reads the memory the policy judges, in bytes.
 type Meter interface {
 	Sample(ctx context.Context) (uint64, error)
 }
 
-// Worker quiets and drains the supervised worker so that no job is lost.
-type Worker interface {
+// Quieter quiets and drains the supervised worker so that no job is lost.
+type Quieter interface {
 	// Quiet tells the worker to stop taking new jobs. It cannot be undone.
 	Quiet(ctx context.Context) error
 	// Drain blocks until no job is in flight, or ctx ends; it returns nil
@@ -20,42 +29,39 @@ type Worker interface {
 	Drain(ctx context.Context) error
 }
 
-// JobWatcher is implemented by workers that can tell when a job ended, so
-// memory is sampled right after it rather than at the next scheduled check.
+// JobWatcher tells when a job ended, so memory is sampled right after it
+// rather than at the next scheduled check.
 type JobWatcher interface {
 	JobEnded() <-chan struct{}
 }
 
-// GrowthAttributor is implemented by workers that know which job classes
-// were running, so memory growth between two samples can be attributed to
-// them.
+// GrowthAttributor knows which job classes were running, so memory growth
+// between two samples can be attributed to them.
 type GrowthAttributor interface {
 	Attribute(delta int64)
 	TopJobs(n int) []heartbeat.JobGrowth
 }
 
-// Fleet coordinates restarts among the dynos of an app.
-type Fleet interface {
-	// Publish records this agent's presence; it expires unless refreshed.
-	Publish(ctx context.Context, p heartbeat.Presence) error
-	// Acquire takes a restart slot. It fails with heartbeat.ErrNoSlot when
-	// all slots are taken and with *heartbeat.PeersError when too few healthy
-	// peers are up.
-	Acquire(ctx context.Context) (heartbeat.Lease, error)
-	// Renew extends a held lease; heartbeat.ErrNotHolder when it was lost.
-	Renew(ctx context.Context, l heartbeat.Lease) error
-	// Release frees a held lease; heartbeat.ErrNotHolder when it was lost.
-	Release(ctx context.Context, l heartbeat.Lease) error
-	// HandOver records on a held lease that the platform is about to
-	// replace this agent's dyno, so the agent that replaces it can claim the
-	// lease; it returns the lease as recorded.
-	HandOver(ctx context.Context, l heartbeat.Lease) (heartbeat.Lease, error)
-	// Held returns the lease this agent holds, or claims the lease handed
-	// over by the dyno this one replaces.
-	Held(ctx context.Context) (heartbeat.Lease, bool, error)
-	// SlotFreed is signalled when a slot may have been freed.
-	SlotFreed() <-chan struct{}
+// HealthChecker tells that a freshly started worker is up and taking jobs,
+// so the reborn dyno releases its lease before ConfirmAfter has passed.
+type HealthChecker interface {
+	Healthy(ctx context.Context) (bool, error)
 }
+
+// Child is the supervised worker process.
+type Child interface {
+	StartedAt() time.Time
+	Running() bool
+	// Exited delivers the worker's exit when it ended on its own.
+	Exited() <-chan *child.Exit
+	// Terminate sends sig and waits for the worker to stop; it kills the
+	// worker when ctx ends first.
+	Terminate(ctx context.Context, sig syscall.Signal) (*child.Exit, error)
+	// Stop is Terminate with the configured stop signal.
+	Stop(ctx context.Context) (*child.Exit, error)
+}
+
+var _ Child = (*child.Process)(nil)
 
 // Next says what the agent does after a restart.
 type Next int
@@ -69,14 +75,35 @@ const (
 	AwaitTermination
 )
 
-// Restarter replaces a drained worker with a fresh one.
+// Restarter carries out a restart: it replaces a drained worker with a fresh
+// one (package platform).
 type Restarter interface {
 	Restart(ctx context.Context, reason string) (Next, error)
-}
-
-// Replacer is implemented by restarters after which another agent process
-// carries on (the platform replaces the dyno, or a supervisor starts the
-// agent again): the agent hands its lease over before restarting.
-type Replacer interface {
+	// ReplacesAgent reports whether another agent process carries on after
+	// the restart (the platform replaces the dyno, or a supervisor starts
+	// the agent again): the agent then hands its lease over before
+	// restarting instead of releasing it.
 	ReplacesAgent() bool
 }
+
+// Metrics receives what the agent observes; a Prometheus implementation
+// lives in the metrics package.
+type Metrics interface {
+	Sample(rss, limit uint64)
+	State(state heartbeat.State)
+	Restart(reason string)
+	Drain(d time.Duration)
+	LeaseWait(d time.Duration)
+	FleetError(op string)
+	JobGrowth(jobs []heartbeat.JobGrowth)
+}
+
+type nopMetrics struct{}
+
+func (nopMetrics) FleetError(string)               {}
+func (nopMetrics) JobGrowth([]heartbeat.JobGrowth) {}
+func (nopMetrics) Sample(uint64, uint64)           {}
+func (nopMetrics) State(heartbeat.State)           {}
+func (nopMetrics) Restart(string)                  {}
+func (nopMetrics) Drain(time.Duration)             {}
+func (nopMetrics) LeaseWait(time.Duration)         {}

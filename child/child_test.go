@@ -1,50 +1,22 @@
 package child
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/dynocycle/dynocycle/internal/testutil"
 )
 
-// syncBuffer is a bytes.Buffer safe for the child's output goroutine.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func sh(script string, wait time.Duration) (*Process, *syncBuffer) {
-	out := &syncBuffer{}
+// sh runs script in a shell; its output is collected in the returned buffer.
+func sh(script string, wait time.Duration) (*Process, *testutil.Buffer) {
+	out := &testutil.Buffer{}
 	return &Process{Path: "/bin/sh", Args: []string{"-c", script}, Stdout: out, Stderr: out, ShutdownWait: wait}, out
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 func groupGone(pgid int) bool { return errors.Is(syscall.Kill(-pgid, 0), syscall.ESRCH) }
@@ -83,7 +55,7 @@ func TestStopIsGracefulAndNotReportedAsExit(t *testing.T) {
 	if err := p.Start(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the worker to start", func() bool { return strings.Contains(out.String(), "up") })
+	testutil.Eventually(t, 15*time.Second, "the worker to start", func() bool { return strings.Contains(out.String(), "up") })
 	e, err := p.Stop(context.Background())
 	if err != nil {
 		t.Fatal(err)
@@ -109,7 +81,7 @@ func TestStopKillsAWorkerThatIgnoresTERM(t *testing.T) {
 	if err := p.Start(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the worker to start", func() bool { return strings.Contains(out.String(), "up") })
+	testutil.Eventually(t, 15*time.Second, "the worker to start", func() bool { return strings.Contains(out.String(), "up") })
 	e, err := p.Stop(context.Background())
 	if err != nil {
 		t.Fatal(err)
@@ -132,7 +104,7 @@ func TestStopReachesGrandchildrenLeftBehind(t *testing.T) {
 	if err := p.Start(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the worker to start", func() bool { return strings.Contains(out.String(), "up") })
+	testutil.Eventually(t, 15*time.Second, "the worker to start", func() bool { return strings.Contains(out.String(), "up") })
 	if _, err := p.Stop(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -151,11 +123,11 @@ func TestSignalReachesTheWorkerOnly(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer p.Stop(context.Background())
-	waitFor(t, "the worker to start", func() bool { return strings.Contains(out.String(), "up") })
+	testutil.Eventually(t, 15*time.Second, "the worker to start", func() bool { return strings.Contains(out.String(), "up") })
 	if err := p.Signal(syscall.SIGUSR1); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the trap to run", func() bool { _, err := os.Stat(marker); return err == nil })
+	testutil.Eventually(t, 15*time.Second, "the trap to run", func() bool { _, err := os.Stat(marker); return err == nil })
 	if !p.Running() {
 		t.Error("the worker died")
 	}
@@ -167,7 +139,7 @@ func TestRestartReplacesTheWorker(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer p.Stop(context.Background())
-	waitFor(t, "the worker to start", func() bool { return strings.Contains(out.String(), "up") })
+	testutil.Eventually(t, 15*time.Second, "the worker to start", func() bool { return strings.Contains(out.String(), "up") })
 	first, started := p.Pid(), p.StartedAt()
 	if err := p.Restart(context.Background()); err != nil {
 		t.Fatal(err)
@@ -178,7 +150,7 @@ func TestRestartReplacesTheWorker(t *testing.T) {
 	if !groupGone(first) {
 		t.Error("the old worker is still alive")
 	}
-	waitFor(t, "the new worker to start", func() bool { return strings.Count(out.String(), "up") == 2 })
+	testutil.Eventually(t, 15*time.Second, "the new worker to start", func() bool { return strings.Count(out.String(), "up") == 2 })
 	// An exit of the new worker is reported again.
 	_ = syscall.Kill(p.Pid(), syscall.SIGKILL)
 	select {

@@ -9,6 +9,8 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"reflect"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -56,6 +58,7 @@ type Config struct {
 	HerokuAPIKey          Secret   `envconfig:"HEROKU_API_KEY"`
 	HerokuAppName         string   `envconfig:"HEROKU_APP_NAME"`
 	HerokuAppID           string   `envconfig:"HEROKU_APP_ID"`
+	FleetScope            string   `envconfig:"FLEET_SCOPE"`
 	Dyno                  string   `envconfig:"DYNO"`
 	HerokuAPIURL          string   `envconfig:"HEROKU_API_URL" default:"https://api.heroku.com"`
 	RedisURL              Secret   `envconfig:"REDIS_URL"`
@@ -119,39 +122,82 @@ var forms = map[string]string{
 }
 
 // Load reads the configuration from the environment and validates it.
-// Every error is an Errors value.
+// Every error is an Errors value holding every problem found, so a user
+// fixes them all in one deploy.
 func Load() (*Config, error) {
-	var c Config
-	if err := envconfig.Process(Prefix, &c); err != nil {
-		var pe *envconfig.ParseError
-		if !errors.As(err, &pe) {
-			return nil, Errors{{Var: "environment", Problem: err.Error()}}
-		}
-		name := strings.TrimPrefix(pe.KeyName, Prefix+"_")
-		key := name // report the spelling the user set
-		if _, ok := os.LookupEnv(Prefix + "_" + name); ok {
-			key = Prefix + "_" + name
-		}
-		value := pe.Value
-		if name == "REDIS_URL" || name == "REDIS_TLS_URL" || name == "DATABASE_URL" || strings.HasPrefix(name, "HEROKU_API_") {
-			value = "" // never echo a secret back
-		}
-		problem := "invalid value"
-		var inner error = pe.Err
-		if inner != nil {
-			problem = inner.Error()
-			var ne interface{ Unwrap() error }
-			if errors.As(inner, &ne) && strings.HasPrefix(problem, "strconv.") {
-				problem = "not a " + map[string]string{"int": "whole number", "bool": "boolean"}[pe.TypeName]
-			}
-		}
-		typeName := pe.TypeName[strings.LastIndexByte(pe.TypeName, '.')+1:]
-		return nil, Errors{{Var: key, Value: value, Problem: problem, Accepted: forms[typeName]}}
-	}
-	if errs := c.Validate(); len(errs) > 0 {
+	c, errs := Read()
+	if len(errs) > 0 {
 		return nil, errs
 	}
-	return &c, nil
+	return c, nil
+}
+
+// Read is Load for callers that check more on top: it returns the
+// configuration even when some values are bad (those keep their zero value)
+// along with every problem found.
+func Read() (*Config, Errors) {
+	var c Config
+	var errs Errors
+	failed := map[string]bool{}
+	v := reflect.ValueOf(&c).Elem()
+	t := v.Type()
+	for i := range t.NumField() {
+		f := t.Field(i)
+		// envconfig stops at the first bad value; handing it one field at a
+		// time keeps its parsing, defaults and prefix rules and reports all.
+		one := reflect.New(reflect.StructOf([]reflect.StructField{{Name: f.Name, Type: f.Type, Tag: f.Tag}}))
+		if err := envconfig.Process(Prefix, one.Interface()); err != nil {
+			errs = append(errs, parseError(err))
+			failed[f.Tag.Get("envconfig")] = true
+			continue
+		}
+		v.Field(i).Set(one.Elem().Field(0))
+	}
+	return &c, errs.Add(c.Validate()...)
+}
+
+// Add appends the problems with variables not already reported: a value
+// that did not parse is reported once, as such, not again by every check
+// that then sees its zero value.
+func (es Errors) Add(more ...*Error) Errors {
+	seen := map[string]bool{}
+	for _, e := range es {
+		seen[strings.TrimPrefix(e.Var, Prefix+"_")] = true
+	}
+	for _, e := range more {
+		if !seen[strings.TrimPrefix(e.Var, Prefix+"_")] {
+			es = append(es, e)
+		}
+	}
+	return es
+}
+
+// parseError turns an envconfig error into one line naming the spelling the
+// user set, the value (unless secret) and the accepted form.
+func parseError(err error) *Error {
+	var pe *envconfig.ParseError
+	if !errors.As(err, &pe) {
+		return &Error{Var: "environment", Problem: err.Error()}
+	}
+	name := strings.TrimPrefix(pe.KeyName, Prefix+"_")
+	key := name
+	if _, ok := os.LookupEnv(Prefix + "_" + name); ok {
+		key = Prefix + "_" + name
+	}
+	value := pe.Value
+	if name == "REDIS_URL" || name == "REDIS_TLS_URL" || name == "DATABASE_URL" || strings.HasPrefix(name, "HEROKU_API_") {
+		value = "" // never echo a secret back
+	}
+	problem := "invalid value"
+	if inner := pe.Err; inner != nil {
+		problem = inner.Error()
+		var ne interface{ Unwrap() error }
+		if errors.As(inner, &ne) && strings.HasPrefix(problem, "strconv.") {
+			problem = "not a " + map[string]string{"int": "whole number", "bool": "boolean"}[pe.TypeName]
+		}
+	}
+	typeName := pe.TypeName[strings.LastIndexByte(pe.TypeName, '.')+1:]
+	return &Error{Var: key, Value: value, Problem: problem, Accepted: forms[typeName]}
 }
 
 // Validate checks the values against each other; it returns nil when fine.
@@ -215,21 +261,38 @@ func (c *Config) Validate() Errors {
 			continue
 		}
 		parsed, err := url.Parse(string(u.val))
-		if err != nil || (parsed.Scheme != "redis" && parsed.Scheme != "rediss" && parsed.Scheme != "unix") || (parsed.Scheme != "unix" && parsed.Host == "") {
+		if err != nil || (parsed.Scheme != "redis" && parsed.Scheme != "rediss") || parsed.Host == "" {
 			add(u.name, "", "not a Redis URL", "redis://[user:password@]host:port[/db] or rediss:// for TLS")
 		}
 	}
 	if c.HerokuAPIURL != "" {
-		parsed, err := url.Parse(c.HerokuAPIURL)
-		if err != nil || (parsed.Scheme != "https" && parsed.Scheme != "http") || parsed.Host == "" {
-			add("HEROKU_API_URL", c.HerokuAPIURL, "not an http(s) URL", "https://api.heroku.com or another base URL")
+		if problem := apiURLProblem(c.HerokuAPIURL); problem != "" {
+			add("HEROKU_API_URL", RedactUserinfo(c.HerokuAPIURL), problem,
+				"https://api.heroku.com or another https:// base URL (http:// only to a loopback address such as 127.0.0.1)")
 		}
 	}
 	if c.MetricsAddr != "" {
-		if _, port, err := net.SplitHostPort(c.MetricsAddr); err != nil || port == "" {
-			add("METRICS_ADDR", c.MetricsAddr, "not a host:port address", "host:port such as 127.0.0.1:9394, or :9394 for every interface")
+		if problem := listenAddrProblem(c.MetricsAddr); problem != "" {
+			add("METRICS_ADDR", c.MetricsAddr, problem, "host:port such as 127.0.0.1:9394, or :9394 for every interface (port 1-65535)")
 		}
 	}
+	if c.FleetScope != "" && !validScope(c.FleetScope) {
+		add("FLEET_SCOPE", c.FleetScope, "not a fleet name", scopeForm)
+	}
+	now := time.Now()
+	for _, s := range []struct {
+		name     string
+		sched    Schedule
+		minEvery time.Duration
+	}{
+		{"CHECK_SCHEDULE", c.CheckSchedule, time.Second},
+		{"RESTART_SCHEDULE", c.RestartSchedule, MinRestartEvery},
+	} {
+		if problem := s.sched.problem(now, s.minEvery); problem != "" {
+			add(s.name, s.sched.Spec, problem, scheduleForm+", firings at least "+fmtEvery(s.minEvery)+" apart")
+		}
+	}
+	errs = append(errs, c.nameErrors()...)
 	if c.Platform == PlatformHeroku {
 		var missing []string
 		if c.Token() == "" {
@@ -247,6 +310,87 @@ func (c *Config) Validate() Errors {
 	}
 	errs = append(errs, c.validateFleetStore()...)
 	return errs
+}
+
+// apiURLProblem says what is wrong with a Platform API base URL, or "".
+// Plain http would carry the API token in clear text, so it is accepted only
+// to this machine (tests and local fakes).
+func apiURLProblem(raw string) string {
+	u, err := url.Parse(raw)
+	switch {
+	case err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http"):
+		return "not an http(s) URL"
+	case u.Scheme == "http" && !loopback(u.Hostname()):
+		return "plain http would send the API token in clear text"
+	}
+	return ""
+}
+
+func loopback(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// listenAddrProblem says what is wrong with a listen address, or "". The
+// host is not resolved: check must not depend on the network.
+func listenAddrProblem(addr string) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil || port == "" {
+		return "not a host:port address"
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil || n < 1 || n > 65535 {
+		return "port must be a number from 1 to 65535"
+	}
+	if host != "" && net.ParseIP(host) == nil && !validHostname(host) {
+		return "not an IP address or host name"
+	}
+	return ""
+}
+
+func validHostname(h string) bool {
+	if len(h) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(h, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for _, r := range label {
+			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+const scopeForm = "1 to 64 letters, digits, '-', '_', '.' or ':', the same on every dyno of the app"
+
+// validScope keeps the scope usable inside a Redis hash tag ({scope}) and
+// printable in logs.
+func validScope(s string) bool {
+	if len(s) > 64 {
+		return false
+	}
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-_.:", r)) {
+			return false
+		}
+	}
+	return s != ""
+}
+
+// Scope names the fleet in Redis: FLEET_SCOPE when set, else the Heroku
+// app's name, else its id; "" when none is known.
+func (c *Config) Scope() string {
+	if c.FleetScope != "" {
+		return c.FleetScope
+	}
+	return c.App()
 }
 
 // Token returns the Platform API token, HEROKU_API_TOKEN before HEROKU_API_KEY.
@@ -319,7 +463,8 @@ func (c *Config) Print(w io.Writer) {
 		{"HEROKU_API_TOKEN", c.Token().Redacted()},
 		{"HEROKU_APP_NAME", orNone(c.App())},
 		{"DYNO", orNone(c.Dyno)},
-		{"HEROKU_API_URL", c.HerokuAPIURL},
+		{"FLEET_SCOPE", orNone(c.Scope())},
+		{"HEROKU_API_URL", RedactUserinfo(c.HerokuAPIURL)},
 		{"REDIS_URL", RedactURL(string(c.Redis()))},
 		{"REDIS_TLS_VERIFY", c.RedisTLSVerify},
 		{"WORKER", c.Worker},

@@ -225,3 +225,148 @@ func TestResolvePlatformAndOneOff(t *testing.T) {
 		}
 	}
 }
+
+func TestEveryBadVariableIsReportedAtOnce(t *testing.T) {
+	_, err := load(t, map[string]string{
+		"MAX_RSS": "big", "GRACE_TIME": "forever", "DYNOCYCLE_SUSTAIN_CHECKS": "many",
+		"PLATFORM": "k8s", "METRICS_ADDR": ":99999", "MAX_CONCURRENT_RESTARTS": "x",
+	})
+	var es Errors
+	if !errors.As(err, &es) {
+		t.Fatalf("error %v is not Errors", err)
+	}
+	want := []string{
+		"MAX_RSS=big: not a size; accepted: a size such as 512MB",
+		"GRACE_TIME=forever: not a duration; accepted: a duration",
+		"DYNOCYCLE_SUSTAIN_CHECKS=many: not a whole number",
+		"MAX_CONCURRENT_RESTARTS=x: not a whole number",
+		"PLATFORM=k8s: unknown value; accepted: one of auto",
+		"METRICS_ADDR=:99999: port must be a number from 1 to 65535",
+	}
+	lines := strings.Split(err.Error(), "\n")
+	if len(lines) != len(want) {
+		t.Fatalf("%d lines, want %d (one per bad variable, a value that did not parse reported once):\n%s", len(lines), len(want), err)
+	}
+	for _, w := range want {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("errors lack %q:\n%s", w, err)
+		}
+	}
+}
+
+func TestSchedulesThatNeverFireOrFireTooOftenAreErrors(t *testing.T) {
+	for _, tc := range []struct {
+		env  map[string]string
+		want string
+	}{
+		{map[string]string{"CHECK_SCHEDULE": "0 0 30 2 *"}, "CHECK_SCHEDULE=0 0 30 2 *: never fires"},
+		{map[string]string{"CHECK_SCHEDULE": "0 0 31 4 *"}, "never fires"},
+		{map[string]string{"RESTART_SCHEDULE": "0 0 30 2 *"}, "RESTART_SCHEDULE=0 0 30 2 *: never fires"},
+		{map[string]string{"RESTART_SCHEDULE": "*/10 * * * *"}, "RESTART_SCHEDULE=*/10 * * * *: fires every 10m, more often than allowed; accepted: a cron spec"},
+		{map[string]string{"RESTART_SCHEDULE": "@every 30s"}, "fires every 30s, more often than allowed"},
+		{map[string]string{"CHECK_SCHEDULE": "@every 500ms"}, "interval must be at least 1s"},
+	} {
+		_, err := load(t, tc.env)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: error %v, want %q", tc.env, err, tc.want)
+		}
+	}
+	for _, good := range []map[string]string{
+		{"CHECK_SCHEDULE": "@every 1s"}, {"CHECK_SCHEDULE": "* * * * *"}, {"CHECK_SCHEDULE": "0 0 29 2 *"},
+		{"RESTART_SCHEDULE": "0 4 * * *"}, {"RESTART_SCHEDULE": "@every 1h"}, {"RESTART_SCHEDULE": "0 */6 * * *"},
+	} {
+		if _, err := load(t, good); err != nil {
+			t.Errorf("%v: %v", good, err)
+		}
+	}
+}
+
+func TestSizesBelowOneMegabyteAreErrors(t *testing.T) {
+	for _, bad := range []string{"5B", "1000KB", "0.0001MB", "0.5"} {
+		_, err := load(t, map[string]string{"MAX_RSS": bad})
+		if err == nil || !strings.Contains(err.Error(), "MAX_RSS="+bad+": size below 1MB") {
+			t.Errorf("MAX_RSS=%s: error %v", bad, err)
+		}
+	}
+	if _, err := load(t, map[string]string{"MAX_RSS": "1MB", "CRITICAL_RSS": "1024KB"}); err != nil {
+		t.Errorf("1MB: %v", err)
+	}
+}
+
+func TestHerokuAPIURL(t *testing.T) {
+	for _, tc := range []struct {
+		url, want string
+	}{
+		{"http://api.example.com", "plain http would send the API token in clear text"},
+		{"http://10.0.0.5:8080", "plain http"},
+		{"ftp://api.heroku.com", "not an http(s) URL"},
+		{"https://user:hunter2@api.example.com", ""},
+		{"https://HRKU-tokenlike@api.example.com", ""},
+		{"http://127.0.0.1:4567", ""},
+		{"http://[::1]:4567", ""},
+		{"http://localhost:4567", ""},
+	} {
+		c, err := load(t, map[string]string{"HEROKU_API_URL": tc.url})
+		if tc.want == "" {
+			if err != nil {
+				t.Errorf("%s: %v", tc.url, err)
+				continue
+			}
+			var b bytes.Buffer
+			c.Print(&b)
+			if strings.Contains(b.String(), "hunter2") || strings.Contains(b.String(), "tokenlike") {
+				t.Errorf("%s: check prints the credentials:\n%s", tc.url, b.String())
+			}
+			continue
+		}
+		if err == nil || !strings.Contains(err.Error(), "HEROKU_API_URL") || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: error %v, want %q", tc.url, err, tc.want)
+		}
+	}
+	_, err := load(t, map[string]string{"HEROKU_API_URL": "http://u:hunter2@api.example.com"})
+	if err == nil || strings.Contains(err.Error(), "hunter2") || !strings.Contains(err.Error(), "http://xxxxx@api.example.com") {
+		t.Errorf("error must name the URL without its credentials: %v", err)
+	}
+}
+
+func TestMetricsAddr(t *testing.T) {
+	for addr, want := range map[string]string{
+		":99999": "port must be a number from 1 to 65535", ":0": "port must be", ":-1": "port must be",
+		":http": "port must be", "9394": "not a host:port", "bad host:9394": "not an IP address or host name",
+	} {
+		_, err := load(t, map[string]string{"METRICS_ADDR": addr})
+		if err == nil || !strings.Contains(err.Error(), "METRICS_ADDR="+addr+": "+want) {
+			t.Errorf("%q: error %v, want %q", addr, err, want)
+		}
+	}
+	for _, good := range []string{":9394", "127.0.0.1:9394", "[::1]:9394", "localhost:65535", "metrics.internal:80"} {
+		if _, err := load(t, map[string]string{"METRICS_ADDR": good}); err != nil {
+			t.Errorf("%q: %v", good, err)
+		}
+	}
+}
+
+func TestFleetScope(t *testing.T) {
+	for env, want := range map[[2]string]string{
+		{"", ""}: "", {"HEROKU_APP_ID", "01234567-89ab-cdef-0123-456789abcdef"}: "01234567-89ab-cdef-0123-456789abcdef", {"HEROKU_APP_NAME", "shop"}: "shop",
+		{"FLEET_SCOPE", "shop-eu"}: "shop-eu", {"DYNOCYCLE_FLEET_SCOPE", "x:y"}: "x:y",
+	} {
+		m := map[string]string{}
+		if env[0] != "" {
+			m[env[0]] = env[1]
+		}
+		c, err := load(t, m)
+		if err != nil || c.Scope() != want {
+			t.Errorf("%v: scope %q, %v; want %q", env, c.Scope(), err, want)
+		}
+	}
+	c, _ := load(t, map[string]string{"FLEET_SCOPE": "mine", "HEROKU_APP_NAME": "shop"})
+	if c.Scope() != "mine" || c.App() != "shop" {
+		t.Errorf("FLEET_SCOPE must win for the keys and leave the app alone: %q %q", c.Scope(), c.App())
+	}
+	for _, bad := range []string{"a}b", "with space", strings.Repeat("x", 65), "tab\there"} {
+		if _, err := load(t, map[string]string{"FLEET_SCOPE": bad}); err == nil || !strings.Contains(err.Error(), "not a fleet name") {
+			t.Errorf("FLEET_SCOPE=%q: %v", bad, err)
+		}
+	}
+}

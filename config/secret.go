@@ -38,3 +38,20 @@ func RedactURL(raw string) string {
 	}
 	return u.Redacted()
 }
+
+// RedactUserinfo returns a URL with any user and password replaced, for
+// display: an API URL has no business carrying credentials, so even a bare
+// user name may be a token.
+func RedactUserinfo(raw string) string {
+	if raw == "" {
+		return "none"
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		return redacted
+	}
+	if u.User != nil {
+		u.User = url.User("xxxxx")
+	}
+	return u.String()
+}

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/robfig/cron/v3"
+
+	"github.com/dynocycle/dynocycle/internal/bytesize"
 )
 
 // Size is an amount of memory: bytes, or a percentage of the detected limit.
@@ -18,6 +20,10 @@ type Size struct {
 	Percent float64 // 0 < Percent <= 100 when set; resolved against the limit by Resolve
 	set     bool
 }
+
+// minSize is the smallest limit accepted: below it (5B, 0.0001MB) a limit
+// prints as 0.0MB and every worker is over it from its first breath.
+const minSize = 1 << 20
 
 const sizeForm = "a size such as 512MB, 1.5GB, 900000KB, a bare number of MB, or a percentage such as 90%"
 
@@ -59,6 +65,9 @@ func (s *Size) Decode(v string) error {
 	if f <= 0 {
 		return fmt.Errorf("size must be above zero")
 	}
+	if f*mult < minSize {
+		return fmt.Errorf("size below 1MB; every process is bigger, so it would restart at once")
+	}
 	if f*mult > math.MaxInt64 {
 		return fmt.Errorf("size too large")
 	}
@@ -91,14 +100,8 @@ func (s Size) String() string {
 	case s.Percent > 0:
 		return strconv.FormatFloat(s.Percent, 'f', -1, 64) + "%"
 	default:
-		return FormatBytes(s.Bytes)
+		return bytesize.MB(s.Bytes)
 	}
-}
-
-// FormatBytes renders bytes as MB with one decimal, the unit Heroku's own
-// memory logs use.
-func FormatBytes(b uint64) string {
-	return strconv.FormatFloat(float64(b)/(1<<20), 'f', 1, 64) + "MB"
 }
 
 // Duration is a length of time: Go syntax (2m, 120s, 1h30m) or bare seconds.
@@ -161,6 +164,46 @@ func (s *Schedule) Decode(v string) error {
 	}
 	*s = Schedule{Spec: v, Schedule: sched}
 	return nil
+}
+
+// MinRestartEvery is the shortest gap allowed between rolling restarts: more
+// often is a restart loop, not maintenance.
+const MinRestartEvery = time.Hour
+
+// problem says what is wrong with the schedule's firings from now on, or "":
+// a schedule that never fires would leave its loop nothing to wait for, and
+// one that fires more often than minEvery is a mistake.
+func (s Schedule) problem(now time.Time, minEvery time.Duration) string {
+	if !s.Set() {
+		return ""
+	}
+	// robfig/cron gives up after five years and returns the zero time.
+	first := s.Schedule.Next(now)
+	if first.IsZero() {
+		return "never fires (no matching date in the next five years)"
+	}
+	prev := first
+	for range 16 {
+		next := s.Schedule.Next(prev)
+		if next.IsZero() {
+			break // fires, just rarely
+		}
+		if gap := next.Sub(prev); gap < minEvery {
+			return "fires every " + fmtEvery(gap) + ", more often than allowed"
+		}
+		prev = next
+	}
+	return ""
+}
+
+func fmtEvery(d time.Duration) string {
+	switch {
+	case d >= time.Hour && d%time.Hour == 0:
+		return fmt.Sprintf("%dh", d/time.Hour)
+	case d >= time.Minute && d%time.Minute == 0:
+		return fmt.Sprintf("%dm", d/time.Minute)
+	}
+	return d.String()
 }
 
 // Set reports whether a schedule was given.

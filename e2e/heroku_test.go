@@ -14,6 +14,7 @@ import (
 	"github.com/dynocycle/dynocycle/internal/dynosim"
 	"github.com/dynocycle/dynocycle/internal/fakeheroku"
 	"github.com/dynocycle/dynocycle/internal/testredis"
+	"github.com/dynocycle/dynocycle/internal/testutil"
 	"github.com/dynocycle/dynocycle/platform"
 )
 
@@ -148,7 +149,7 @@ func testFleetCycles(t *testing.T, fir bool) {
 	// An empty Redis grants no lease for ~15 s (heartbeat Settle), then each
 	// restart takes a few seconds: drain 2 s, the stop, the boot, 2 s to confirm.
 	// Each reborn dyno also hands the fleet's slot back once its worker is up.
-	eventually(t, 4*time.Minute, "every dyno cycled and its reborn agent releasing the lease", func() bool {
+	testutil.Eventually(t, 4*time.Minute, "every dyno cycled and its reborn agent releasing the lease", func() bool {
 		for dyno, n := range sim.Report().Restarts {
 			if n == 0 || !handedBack(sim, dyno) {
 				return false
@@ -265,7 +266,7 @@ func TestHerokuAPIFailureExitsNonZeroAndCrashRestarts(t *testing.T) {
 	fake.Always(fakeheroku.Answer{Status: http.StatusInternalServerError})
 
 	var failed dynosim.Proc
-	eventually(t, 4*time.Minute, "an agent exiting non-zero and its dyno back with the lease released", func() bool {
+	testutil.Eventually(t, 4*time.Minute, "an agent exiting non-zero and its dyno back with the lease released", func() bool {
 		for _, p := range sim.Procs() {
 			if p.Exit.IsZero() || p.Code == 0 || p.Expected {
 				continue

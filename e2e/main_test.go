@@ -11,8 +11,11 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/dynocycle/dynocycle/internal/testutil"
 )
 
 // bin holds the binaries built once for all tests.
@@ -96,17 +99,6 @@ func startAgent(t *testing.T, env []string, args ...string) (*exec.Cmd, *output)
 	return cmd, out
 }
 
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 func alive(pid int) bool {
 	_, err := os.Stat(fmt.Sprintf("/proc/%d", pid))
 	if err != nil {
@@ -115,4 +107,32 @@ func alive(pid int) bool {
 	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	// A zombie waiting for its reaper is not a live process.
 	return err == nil && !strings.Contains(string(stat), ") Z ")
+}
+
+// stopAgent sends SIGTERM to the agent and requires a clean exit (the
+// worker exits 0 on TERM, so should the agent) and no worker process left:
+// pids lists them once the agent has exited.
+func stopAgent(t *testing.T, agent *exec.Cmd, pids func() []int) {
+	t.Helper()
+	if err := agent.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- agent.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("agent exit: %v (the worker exits 0 on TERM, so should the agent)", err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("agent did not exit within a minute of SIGTERM")
+	}
+	testutil.Eventually(t, 30*time.Second, "every worker process gone", func() bool {
+		for _, pid := range pids() {
+			if alive(pid) {
+				return false
+			}
+		}
+		return true
+	})
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/dynocycle/dynocycle/internal/dynosim"
 	"github.com/dynocycle/dynocycle/internal/fakeheroku"
 	"github.com/dynocycle/dynocycle/internal/testpg"
+	"github.com/dynocycle/dynocycle/internal/testutil"
 )
 
 // Three bloating dynos of an app without Redis, coordinated only through
@@ -73,7 +74,7 @@ func testPostgresFleetCycles(t *testing.T, fir bool) {
 	// Each agent's connections to the database, counted on the agent's side
 	// (its sockets), sampled while the fleet cycles.
 	mostConns, sampled := 0, 0
-	eventually(t, 4*time.Minute, "every dyno cycled and its reborn agent releasing the lease", func() bool {
+	testutil.Eventually(t, 4*time.Minute, "every dyno cycled and its reborn agent releasing the lease", func() bool {
 		for _, d := range sim.Dynos() {
 			if pid := sim.Agent(d); pid != 0 {
 				mostConns = max(mostConns, tcpConns(pid, pg.Port))
@@ -149,7 +150,7 @@ func TestPostgresFaultsDuringRestarts(t *testing.T) {
 	const n = 2
 	sim, fake, pg, _ := postgresFleet(t, n, false)
 	ctx := context.Background()
-	eventually(t, 2*time.Minute, "a dyno draining under the lease", func() bool {
+	testutil.Eventually(t, 2*time.Minute, "a dyno draining under the lease", func() bool {
 		return len(sim.Grep(drainStarted)) > 0
 	})
 	pg.Crash()
@@ -158,7 +159,7 @@ func TestPostgresFaultsDuringRestarts(t *testing.T) {
 	}
 	pg.Restart()
 	terminated := 0
-	eventually(t, 4*time.Minute, "every dyno cycled and its reborn agent releasing the lease", func() bool {
+	testutil.Eventually(t, 4*time.Minute, "every dyno cycled and its reborn agent releasing the lease", func() bool {
 		// Once the first dyno is back, end every agent's session once.
 		if terminated == 0 && len(sim.Grep(leaseHandedBack)) > 0 {
 			if k, err := pg.Terminate(ctx, "dynocycle"); err == nil && k > 0 {
@@ -275,7 +276,7 @@ func TestPostgresQueueWorkersLoseNoJob(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	eventually(t, 5*time.Minute, "every job done and every dyno restarted", func() bool {
+	testutil.Eventually(t, 5*time.Minute, "every job done and every dyno restarted", func() bool {
 		var left int
 		if err := db.QueryRow(ctx, "SELECT count(*) FROM jobs WHERE done_at IS NULL").Scan(&left); err != nil || left > 0 {
 			return false

@@ -23,6 +23,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/dynocycle/dynocycle/internal/testredis"
+	"github.com/dynocycle/dynocycle/internal/testutil"
 )
 
 // sidekiqApp is the test app: Sidekiq running jobs.rb against srv.
@@ -259,33 +260,6 @@ func killLeftovers(t *testing.T, agent *exec.Cmd, out *output) {
 	})
 }
 
-// stopAgent sends SIGTERM to the agent and requires a clean exit with no
-// worker process left.
-func stopAgent(t *testing.T, agent *exec.Cmd, out *output) {
-	t.Helper()
-	if err := agent.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- agent.Wait() }()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Errorf("agent exit: %v (Sidekiq exits 0 on TERM, so should the agent)", err)
-		}
-	case <-time.After(time.Minute):
-		t.Fatal("agent did not exit within a minute of SIGTERM")
-	}
-	eventually(t, 30*time.Second, "every sidekiq process gone", func() bool {
-		for _, pid := range bootPIDs(out) {
-			if alive(pid) {
-				return false
-			}
-		}
-		return true
-	})
-}
-
 const (
 	bloatJobs = 300 // BloatJobs enqueued
 	bloatMB   = "3" // retained by each
@@ -302,14 +276,14 @@ func TestSidekiqRestartsInPlaceWithoutLosingJobs(t *testing.T) {
 	// Queued before Sidekiq starts, so the first process bloats from its start.
 	app.enqueue(t, 1, bloatJobs, "BloatJob", bloatMB, bloatSecs)
 	env := []string{
-		"REDIS_URL=" + app.srv.URL(), "DYNO=worker.1", "PLATFORM=local",
+		"REDIS_URL=" + app.srv.URL(), "FLEET_SCOPE=shop", "DYNO=worker.1", "PLATFORM=local",
 		fmt.Sprintf("MAX_RSS=%dMB", maxRSSMB), "MIN_UPTIME=3s", "SUSTAIN_CHECKS=1", "CHECK_SCHEDULE=@every 1s",
 		"GRACE_TIME=30s", "SHUTDOWN_WAIT=10s", "CONFIRM_AFTER=2s", "BOOT_ALLOWANCE=10s",
 	}
 	agent, out := startAgent(t, env, app.sidekiqArgs()...)
 	killLeftovers(t, agent, out)
 
-	eventually(t, 8*time.Minute, fmt.Sprintf("%d jobs done", bloatJobs), func() bool {
+	testutil.Eventually(t, 8*time.Minute, fmt.Sprintf("%d jobs done", bloatJobs), func() bool {
 		return app.done(t) >= bloatJobs
 	})
 	// One last job bloats whichever process runs it past the limit, so that
@@ -318,7 +292,7 @@ func TestSidekiqRestartsInPlaceWithoutLosingJobs(t *testing.T) {
 	// way when it gets SIGTERM.
 	last := bloatJobs + 1
 	app.enqueue(t, last, 1, "BloatJob", strconv.Itoa(maxRSSMB))
-	eventually(t, 3*time.Minute, "the last job done and its process restarted", func() bool {
+	testutil.Eventually(t, 3*time.Minute, "the last job done and its process restarted", func() bool {
 		if app.done(t) != int64(last) {
 			return false
 		}
@@ -427,7 +401,7 @@ func TestSidekiqRestartsInPlaceWithoutLosingJobs(t *testing.T) {
 		}
 	}
 
-	stopAgent(t, agent, out)
+	stopAgent(t, agent, func() []int { return bootPIDs(out) })
 }
 
 // A job longer than GRACE_TIME: the drain times out, Sidekiq gets TERM with
@@ -442,14 +416,14 @@ func TestSidekiqHandsBackJobLongerThanGraceTime(t *testing.T) {
 	app.enqueue(t, 1, 1, "SlowJob", "600")
 	app.enqueue(t, 2, 1, "BloatJob", "80")
 	env := []string{
-		"REDIS_URL=" + app.srv.URL(), "DYNO=worker.1", "PLATFORM=local",
+		"REDIS_URL=" + app.srv.URL(), "FLEET_SCOPE=shop", "DYNO=worker.1", "PLATFORM=local",
 		"MAX_RSS=80MB", "MIN_UPTIME=3s", "SUSTAIN_CHECKS=1", "CHECK_SCHEDULE=@every 1s",
 		"GRACE_TIME=3s", "SHUTDOWN_WAIT=10s", "CONFIRM_AFTER=2s", "BOOT_ALLOWANCE=10s",
 	}
 	agent, out := startAgent(t, env, app.sidekiqArgs()...)
 	killLeftovers(t, agent, out)
 
-	eventually(t, 4*time.Minute, "the SlowJob done after a restart", func() bool {
+	testutil.Eventually(t, 4*time.Minute, "the SlowJob done after a restart", func() bool {
 		return app.done(t) == 2 && countEvent(out, "restarted") >= 1
 	})
 	boots := bootPIDs(out)
@@ -498,5 +472,5 @@ func TestSidekiqHandsBackJobLongerThanGraceTime(t *testing.T) {
 		t.Errorf("%d restarts, want 1", n)
 	}
 
-	stopAgent(t, agent, out)
+	stopAgent(t, agent, func() []int { return bootPIDs(out) })
 }

@@ -7,9 +7,10 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/dynocycle/dynocycle/internal/testutil"
 )
 
 var bloaterPID = regexp.MustCompile(`bloater pid=(\d+): \d+MB per job`)
@@ -23,7 +24,7 @@ func TestStandaloneRestartsInPlaceAndStopsCleanly(t *testing.T) {
 		"BLOAT_MB=8", "JOB_MS=200",
 	}
 	agent, out := startAgent(t, env, "bloater")
-	eventually(t, 90*time.Second, "three workers (two restarts in place)", func() bool {
+	testutil.Eventually(t, 90*time.Second, "three workers (two restarts in place)", func() bool {
 		return len(out.matches(bloaterPID)) >= 3
 	})
 	if n := len(out.matches(regexp.MustCompile(`event=restarted`))); n < 2 {
@@ -38,27 +39,7 @@ func TestStandaloneRestartsInPlaceAndStopsCleanly(t *testing.T) {
 		pid, _ := strconv.Atoi(m[1])
 		pids = append(pids, pid)
 	}
-	if err := agent.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- agent.Wait() }()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Errorf("agent exit: %v (the worker exits 0 on TERM, so should the agent)", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("agent did not exit after SIGTERM")
-	}
-	eventually(t, 10*time.Second, "every worker process gone", func() bool {
-		for _, pid := range pids {
-			if alive(pid) {
-				return false
-			}
-		}
-		return true
-	})
+	stopAgent(t, agent, func() []int { return pids })
 }
 
 // METRICS_ADDR serves what the agent did: a scrape after a restart in place
@@ -75,12 +56,12 @@ func TestMetricsAfterARestart(t *testing.T) {
 		"GRACE_TIME=1s", "SHUTDOWN_WAIT=5s", "BLOAT_MB=8", "JOB_MS=200", "METRICS_ADDR=" + addr,
 	}
 	_, out := startAgent(t, env, "bloater")
-	eventually(t, 60*time.Second, "a restart", func() bool {
+	testutil.Eventually(t, 60*time.Second, "a restart", func() bool {
 		return len(out.matches(regexp.MustCompile(`event=restarted`))) >= 1
 	})
 	restarted := regexp.MustCompile(`(?m)^dynocycle_restarts_total\{dyno="[^"]+",reason="max_rss"\} [1-9]`)
 	var body string
-	eventually(t, 30*time.Second, "the restart in the scrape", func() bool {
+	testutil.Eventually(t, 30*time.Second, "the restart in the scrape", func() bool {
 		resp, err := http.Get("http://" + addr + "/metrics")
 		if err != nil {
 			return false
@@ -107,9 +88,9 @@ func TestAWorkerThatExitsOnQuietIsRestartedInPlace(t *testing.T) {
 		"BLOAT_MB=8", "JOB_MS=200",
 	}
 	// The shell is the worker: QUIT makes it exit 0 at once, as Resque does
-	// once its job is done.
-	agent, out := startAgent(t, env, "sh", "-c", `trap 'exit 0' QUIT; bloater & wait`)
-	eventually(t, 90*time.Second, "a restart in place after the worker left on QUIT", func() bool {
+	// once its job is done; so does TERM, for a clean stop at the end.
+	agent, out := startAgent(t, env, "sh", "-c", `trap 'exit 0' QUIT TERM; bloater & wait`)
+	testutil.Eventually(t, 90*time.Second, "a restart in place after the worker left on QUIT", func() bool {
 		return len(out.matches(regexp.MustCompile(`event=worker_exit_quiet`))) >= 1 &&
 			len(out.matches(regexp.MustCompile(`event=restarted`))) >= 1 &&
 			len(out.matches(bloaterPID)) >= 2
@@ -121,14 +102,10 @@ func TestAWorkerThatExitsOnQuietIsRestartedInPlace(t *testing.T) {
 	if n := len(out.matches(regexp.MustCompile(`event=drain_timeout`))); n != 0 {
 		t.Errorf("%d drain timeouts, want the exit to count as drained", n)
 	}
-	if err := agent.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
+	var pids []int
+	for _, m := range out.matches(bloaterPID) {
+		pid, _ := strconv.Atoi(m[1])
+		pids = append(pids, pid)
 	}
-	done := make(chan error, 1)
-	go func() { done <- agent.Wait() }()
-	select {
-	case <-done:
-	case <-time.After(30 * time.Second):
-		t.Fatal("agent did not exit after SIGTERM")
-	}
+	stopAgent(t, agent, func() []int { return pids })
 }

@@ -31,6 +31,7 @@ func benchmarkHandoff(b *testing.B, poll time.Duration) {
 	for i := range fleets {
 		fleets[i] = newFleet(b, srv, RedisOptions{Dyno: fmt.Sprintf("worker.%d", i+1), Settle: -1, LeaseTTL: time.Minute})
 		if poll == 0 {
+			subscribe(b, fleets[i])
 			waitSignal(b, fleets[i].SlotFreed(), 10*time.Second, "subscribed")
 		}
 	}

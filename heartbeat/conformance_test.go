@@ -11,6 +11,7 @@ import (
 	"github.com/dynocycle/dynocycle/heartbeat"
 	"github.com/dynocycle/dynocycle/internal/fleettest"
 	"github.com/dynocycle/dynocycle/internal/testredis"
+	"github.com/dynocycle/dynocycle/internal/testutil"
 )
 
 // redisStore is one app's fleet on a private redis-server; every member
@@ -30,7 +31,9 @@ func (s *redisStore) Join(t *testing.T, dyno string) fleettest.Fleet {
 		PresenceTTL: s.opts.PresenceTTL, BootAllowance: s.opts.BootAllowance, Settle: s.opts.Settle,
 		Now: s.opts.Now, Logger: slog.New(slog.DiscardHandler),
 	})
-	t.Cleanup(func() { _ = f.Close() })
+	// The freed-slot subscriber runs beside each member, as the command
+	// runs it beside the agent.
+	testutil.Loop(t, f.Run)
 	return f
 }
 

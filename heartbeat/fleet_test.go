@@ -78,6 +78,7 @@ func runFleet(t *testing.T, srv *testredis.Server, n, slots, peers int) []interv
 			Dyno: fmt.Sprintf("worker.%d", i+1), Slots: slots, MinHealthyPeers: peers,
 			Settle: -1, LeaseTTL: 30 * time.Second,
 		})
+		subscribe(t, fleets[i])
 		// Everyone is up before anyone decides, as in a running formation.
 		if err := fleets[i].Publish(ctx, Presence{State: StateWanting}); err != nil {
 			t.Fatal(err)

@@ -1,33 +1,80 @@
-// Package heartbeat coordinates restarts across the dynos of an app: each
-// agent's presence, its healthy peers, and the restart lease that lets only a
-// few dynos restart at a time. Standalone runs use the in-process Local fleet;
-// runs with a Redis URL use the Redis fleet.
+// Package heartbeat is the fleet: the words the dynos of an app share (State,
+// Presence, Lease, the lease errors) and the Fleet interface the agent
+// coordinates through, together with its two implementations. Local is the
+// in-process fleet of a standalone agent; Redis is the fleet of agents that
+// share a Redis, where each agent's presence, its healthy peers and the
+// restart lease live so that only a few dynos restart at a time.
+//
+// The fleet only answers questions (may I restart? who holds a slot?); the
+// agent package decides when a restart is wanted and carries it out. Redis.Run
+// is the one long-running loop here (the freed-slot subscriber); the command
+// starts and stops it with the agent's other loops.
 package heartbeat
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
+
+	"github.com/dynocycle/dynocycle/internal/bytesize"
 )
 
-// States an agent moves through, in order, on its way to a restart.
+// State is where an agent is on its way to a restart, as published in its
+// Presence and exported as a metric.
+type State string
+
+// The states an agent moves through, in order, on its way to a restart.
 const (
-	StateWatching   = "watching"
-	StateWanting    = "wanting"
-	StateLeased     = "leased"
-	StateQuieting   = "quieting"
-	StateDraining   = "draining"
-	StateRestarting = "restarting"
+	StateWatching   State = "watching"
+	StateWanting    State = "wanting"
+	StateLeased     State = "leased"
+	StateQuieting   State = "quieting"
+	StateDraining   State = "draining"
+	StateRestarting State = "restarting"
 )
+
+// States lists every State in order; metrics and status derive from it.
+var States = []State{StateWatching, StateWanting, StateLeased, StateQuieting, StateDraining, StateRestarting}
+
+// HealthyStates are the states of an agent whose worker takes jobs: it counts
+// as a healthy peer. The acquire script of the Redis fleet is built from this
+// list.
+var HealthyStates = []State{StateWatching, StateWanting}
+
+// Fleet coordinates restarts among the dynos of an app. Local and Redis
+// implement it; the agent is its one consumer.
+type Fleet interface {
+	// Publish records this agent's presence; it expires unless refreshed.
+	Publish(ctx context.Context, p Presence) error
+	// Acquire takes a restart slot. It fails with ErrNoSlot (possibly
+	// wrapped) when all slots are taken and with *PeersError when too few
+	// healthy peers are up: both mean "keep working, try again later".
+	Acquire(ctx context.Context) (Lease, error)
+	// Renew extends a held lease; ErrNotHolder when it was lost.
+	Renew(ctx context.Context, l Lease) error
+	// Release frees a held lease; ErrNotHolder when it was lost.
+	Release(ctx context.Context, l Lease) error
+	// HandOver records on a held lease that the platform is about to
+	// replace this agent's dyno, so the agent that replaces it can claim the
+	// lease; it returns the lease as recorded.
+	HandOver(ctx context.Context, l Lease) (Lease, error)
+	// Held returns the lease this agent holds, or claims the lease handed
+	// over by the dyno this one replaces.
+	Held(ctx context.Context) (Lease, bool, error)
+	// SlotFreed is signalled when a slot may have been freed.
+	SlotFreed() <-chan struct{}
+}
 
 // Presence is what one agent tells the fleet about itself on every check.
 type Presence struct {
 	Dyno        string    `json:"dyno"`
 	ProcessType string    `json:"process_type"`
-	State       string    `json:"state"`
+	State       State     `json:"state"`
 	RSS         uint64    `json:"rss_bytes"`
 	Limit       uint64    `json:"limit_bytes"`
 	StartedAt   time.Time `json:"started_at"`
@@ -43,7 +90,7 @@ type Presence struct {
 
 // Healthy reports whether the agent is up and not on its way to a restart.
 func (p Presence) Healthy() bool {
-	return p.State == StateWatching || p.State == StateWanting
+	return slices.Contains(HealthyStates, p.State)
 }
 
 // JobGrowth is the memory growth attributed to one job class.
@@ -51,6 +98,12 @@ type JobGrowth struct {
 	Class string `json:"class"`
 	Bytes int64  `json:"bytes"`
 	Runs  int    `json:"runs"`
+}
+
+// String is how logs and `dynocycle status` name the growth of a class:
+// "ExportCsvJob +12.0MB over 40 runs".
+func (j JobGrowth) String() string {
+	return fmt.Sprintf("%s +%s over %d runs", j.Class, bytesize.MB(uint64(max(j.Bytes, 0))), j.Runs)
 }
 
 // Lease is one held restart slot. Token is a fencing token: it grows with

@@ -1,11 +1,9 @@
 package heartbeat
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"log/slog"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -13,53 +11,14 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/dynocycle/dynocycle/internal/testredis"
+	"github.com/dynocycle/dynocycle/internal/testutil"
 )
-
-// logBuffer collects log output from many goroutines.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 func newLogger(w io.Writer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
 func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
-
-// fakeClock is a settable clock shared by the fleets of one test.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newFakeClock() *fakeClock {
-	return &fakeClock{t: time.Date(2026, 3, 14, 9, 26, 53, 0, time.UTC)}
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Add(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
 
 // connect returns a client of srv built by Connect, closed when the test ends.
 func connect(t testing.TB, srv *testredis.Server) *redis.Client {
@@ -81,21 +40,14 @@ func newFleet(t testing.TB, srv *testredis.Server, opts RedisOptions) *Redis {
 	if opts.Logger == nil {
 		opts.Logger = discardLogger()
 	}
-	f := NewRedis(connect(t, srv), opts)
-	t.Cleanup(func() { _ = f.Close() })
-	return f
+	return NewRedis(connect(t, srv), opts)
 }
 
-// eventually polls cond until it holds or the deadline passes.
-func eventually(t testing.TB, within time.Duration, what string, cond func() bool) {
+// subscribe runs f's freed-slot subscriber until the test ends, as the
+// command runs it beside the agent.
+func subscribe(t testing.TB, f *Redis) {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("not true after %s: %s", within, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testutil.Loop(t, f.Run)
 }
 
 // waitSignal waits for one signal on ch.

@@ -12,6 +12,7 @@ import (
 	"github.com/dynocycle/dynocycle/heartbeat"
 	"github.com/dynocycle/dynocycle/internal/fleettest"
 	"github.com/dynocycle/dynocycle/internal/testpg"
+	"github.com/dynocycle/dynocycle/internal/testutil"
 )
 
 // pgStore is one app's fleet on a private PostgreSQL server; every member
@@ -34,16 +35,9 @@ func (s *pgStore) Join(t *testing.T, dyno string) fleettest.Fleet {
 		Now: s.opts.Now, Logger: slog.New(slog.DiscardHandler),
 	})
 	t.Cleanup(func() { _ = f.Close() })
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = f.Run(ctx)
-	}()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-	})
+	// The listener runs beside each member, as the command runs it beside
+	// the agent.
+	testutil.Loop(t, f.Run)
 	return f
 }
 

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/dynocycle/dynocycle/internal/testpg"
+	"github.com/dynocycle/dynocycle/internal/testutil"
 )
 
 // PostgreSQL restarts (a crash, then recovery) while worker.1 drains under
@@ -51,7 +52,7 @@ func TestPGRestartDuringDrain(t *testing.T) {
 	}
 
 	srv.Restart()
-	eventually(t, 30*time.Second, "b reconnects", func() bool {
+	testutil.Eventually(t, 30*time.Second, "b reconnects", func() bool {
 		return b.Publish(ctx, Presence{State: StateWanting}) == nil
 	})
 	if _, err := b.Acquire(ctx); !errors.Is(err, ErrNoSlot) {
@@ -80,7 +81,7 @@ func TestPGRestartDuringDrain(t *testing.T) {
 func TestPGTerminatedConnection(t *testing.T) {
 	srv := testpg.Start(t)
 	ctx := context.Background()
-	var logs logBuffer
+	var logs testutil.Buffer
 	a := newPG(t, srv, PostgresOptions{Dyno: "worker.1", Settle: -1, Logger: newLogger(&logs)})
 	b := newPG(t, srv, PostgresOptions{Dyno: "worker.2", Settle: -1})
 	freed := listen(t, a)
@@ -202,7 +203,7 @@ func TestPGOneConnectionPerAgent(t *testing.T) {
 			}
 		}
 		// A terminated session's backend may linger a moment after its end.
-		eventually(t, 10*time.Second, fmt.Sprintf("round %d: one connection each", round), func() bool {
+		testutil.Eventually(t, 10*time.Second, fmt.Sprintf("round %d: one connection each", round), func() bool {
 			return count("worker.1") == 1 && count("worker.2") == 1
 		})
 		if _, err := srv.Terminate(ctx, "dynocycle-worker.1"); err != nil {
@@ -239,7 +240,7 @@ func TestPGTLSOnHeroku(t *testing.T) {
 	srv := testpg.Start(t, testpg.Options{TLS: true, Settings: map[string]string{}})
 	ctx := context.Background()
 	url := strings.Replace(srv.URL(), "?sslmode=require", "?application_name=dynocycle-tls", 1)
-	var logs logBuffer
+	var logs testutil.Buffer
 	cfg, err := PostgresConfig(PostgresConnectOptions{URL: url, OnHeroku: true, Logger: newLogger(&logs)})
 	if err != nil {
 		t.Fatal(err)
@@ -352,7 +353,7 @@ func TestPGRun(t *testing.T) {
 	if err := waiter.Close(); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "connection closed", func() bool {
+	testutil.Eventually(t, 10*time.Second, "connection closed", func() bool {
 		n, err := srv.Connections(context.Background(), "dynocycle-worker.1")
 		return err == nil && n == 0
 	})

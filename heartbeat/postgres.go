@@ -500,8 +500,6 @@ func (p *Postgres) Acquire(ctx context.Context) (Lease, error) {
 		p.log.Warn("min healthy peers waived: no other dyno of this type is up",
 			"event", "peers_waived", "process_type", p.ptype, "want", p.minPeers)
 	}
-	p.log.Info("lease acquired", "event", "lease_acquired", "slot", lease.Slot, "token", lease.Token,
-		"expires_at", lease.ExpiresAt)
 	return lease, nil
 }
 
@@ -646,13 +644,7 @@ const pgHandOver = `UPDATE dynocycle.leases SET restart_at = coalesce(restart_at
 // returns the lease as recorded, restoring it first if it was lost;
 // ErrNotHolder when the caller is not its holder.
 func (p *Postgres) HandOver(ctx context.Context, lease Lease) (Lease, error) {
-	l, err := p.renew(ctx, lease, true)
-	if err != nil {
-		return Lease{}, err
-	}
-	p.log.Info("lease handed over to the dyno that replaces this one", "event", "lease_handover",
-		"slot", l.Slot, "token", l.Token, "process_type", l.ProcessType, "restart_at", l.RestartAt)
-	return l, nil
+	return p.renew(ctx, lease, true)
 }
 
 const pgRelease = `WITH gone AS (
@@ -683,7 +675,6 @@ func (p *Postgres) Release(ctx context.Context, lease Lease) error {
 	if n == 0 {
 		return ErrNotHolder
 	}
-	p.log.Info("lease released", "event", "lease_released", "slot", lease.Slot, "token", lease.Token)
 	return nil
 }
 
@@ -715,10 +706,6 @@ func (p *Postgres) Held(ctx context.Context) (Lease, bool, error) {
 	})
 	if err != nil || !ok {
 		return Lease{}, false, err
-	}
-	if !mine {
-		p.log.Info("claimed the lease of the dyno this one replaces", "event", "lease_claimed",
-			"slot", got.Slot, "token", got.Token, "holder", got.Holder, "restart_at", got.RestartAt)
 	}
 	return got.Lease, true, nil
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/dynocycle/dynocycle/internal/testpg"
+	"github.com/dynocycle/dynocycle/internal/testutil"
 )
 
 // pgConfig returns the agent's connection settings for srv, with an
@@ -44,16 +45,7 @@ func newPG(t testing.TB, srv *testpg.Server, opts PostgresOptions) *Postgres {
 // listen runs f's listener for the test and returns its wake-ups.
 func listen(t testing.TB, f *Postgres) <-chan struct{} {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = f.Run(ctx)
-	}()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-	})
+	testutil.Loop(t, f.Run)
 	return f.SlotFreed()
 }
 
@@ -192,7 +184,7 @@ func TestPGExpiredHolderAndRebornDyno(t *testing.T) {
 		t.Fatal(err)
 	}
 	var lb Lease
-	eventually(t, 10*time.Second, "lease of worker.1 expires and b gets the slot", func() bool {
+	testutil.Eventually(t, 10*time.Second, "lease of worker.1 expires and b gets the slot", func() bool {
 		lb, err = b.Acquire(ctx)
 		return err == nil
 	})
@@ -281,7 +273,7 @@ func TestPGRenewRestoresLostLease(t *testing.T) {
 func TestPGSettleOnNewApp(t *testing.T) {
 	srv := testpg.Start(t)
 	ctx := context.Background()
-	clock := newFakeClock()
+	clock := testutil.NewClock()
 	a := newPG(t, srv, PostgresOptions{Dyno: "worker.1", Settle: time.Minute, Now: clock.Now})
 	if err := a.Publish(ctx, Presence{State: StateWanting}); err != nil {
 		t.Fatal(err)
@@ -331,7 +323,7 @@ func TestPGPeers(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	opts := func(dyno string, logs *logBuffer) PostgresOptions {
+	opts := func(dyno string, logs *testutil.Buffer) PostgresOptions {
 		o := PostgresOptions{Dyno: dyno, Settle: -1, Slots: 2, MinHealthyPeers: 1}
 		if logs != nil {
 			o.Logger = newLogger(logs)
@@ -347,7 +339,7 @@ func TestPGPeers(t *testing.T) {
 
 	t.Run("single dyno waived with a warning", func(t *testing.T) {
 		app++
-		var logs logBuffer
+		var logs testutil.Buffer
 		w1 := newPG(t, srv, fresh(opts("worker.1", &logs)))
 		publish(t, w1, Presence{State: StateWanting})
 		if _, err := w1.Acquire(ctx); err != nil {
@@ -377,7 +369,7 @@ func TestPGPeers(t *testing.T) {
 
 	t.Run("other process types do not count", func(t *testing.T) {
 		app++
-		var logs logBuffer
+		var logs testutil.Buffer
 		w1 := newPG(t, srv, fresh(opts("worker.1", &logs)))
 		web := newPG(t, srv, fresh(opts("web.1", nil)))
 		publish(t, web, Presence{State: StateWatching})
@@ -416,7 +408,7 @@ func TestPGPeers(t *testing.T) {
 
 	t.Run("holder whose presence lapsed still counts as formation", func(t *testing.T) {
 		app++
-		clock := newFakeClock()
+		clock := testutil.NewClock()
 		o1, o2 := fresh(opts("worker.1", nil)), fresh(opts("worker.2", nil))
 		o1.Now, o2.Now = clock.Now, clock.Now
 		w1, w2 := newPG(t, srv, o1), newPG(t, srv, o2)
@@ -435,7 +427,7 @@ func TestPGPeers(t *testing.T) {
 
 	t.Run("expired presence does not count and is trimmed", func(t *testing.T) {
 		app++
-		clock := newFakeClock()
+		clock := testutil.NewClock()
 		o1, o2 := fresh(opts("worker.1", nil)), fresh(opts("worker.2", nil))
 		o1.Now, o2.Now = clock.Now, clock.Now
 		w1, w2 := newPG(t, srv, o1), newPG(t, srv, o2)
@@ -526,7 +518,7 @@ func runPGFleet(t *testing.T, srv *testpg.Server, n, slots, peers int) []interva
 }
 
 // restartOnceWith is restartOnce for any fleet.
-func restartOnceWith(ctx context.Context, f fleet, dyno string) (interval, error) {
+func restartOnceWith(ctx context.Context, f Fleet, dyno string) (interval, error) {
 	freed := f.SlotFreed() // listened to by runPGFleet
 	for {
 		if err := f.Publish(ctx, Presence{State: StateWanting}); err != nil {
@@ -572,7 +564,7 @@ func restartOnceWith(ctx context.Context, f fleet, dyno string) (interval, error
 func TestPGSnapshot(t *testing.T) {
 	srv := testpg.Start(t)
 	ctx := context.Background()
-	clock := newFakeClock()
+	clock := testutil.NewClock()
 	opts := func(dyno string) PostgresOptions {
 		return PostgresOptions{Dyno: dyno, Slots: 2, Settle: time.Minute, LeaseTTL: 5 * time.Minute, Now: clock.Now}
 	}

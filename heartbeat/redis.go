@@ -7,7 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
-	"sync"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -102,11 +102,6 @@ type Redis struct {
 	keys          redisKeys
 
 	freed chan struct{}
-
-	mu      sync.Mutex
-	running bool
-	stop    context.CancelFunc
-	done    chan struct{}
 }
 
 // RedisOptions configures a Redis fleet.
@@ -147,20 +142,9 @@ type RedisOptions struct {
 	Now func() time.Time
 }
 
-// fleet is agent.Fleet, copied because the agent package imports this one.
-type fleet interface {
-	Publish(ctx context.Context, p Presence) error
-	Acquire(ctx context.Context) (Lease, error)
-	Renew(ctx context.Context, l Lease) error
-	HandOver(ctx context.Context, l Lease) (Lease, error)
-	Release(ctx context.Context, l Lease) error
-	Held(ctx context.Context) (Lease, bool, error)
-	SlotFreed() <-chan struct{}
-}
-
 var (
-	_ fleet = (*Redis)(nil)
-	_ fleet = (*Local)(nil)
+	_ Fleet = (*Redis)(nil)
+	_ Fleet = (*Local)(nil)
 )
 
 const (
@@ -191,8 +175,8 @@ func newRedisKeys(app string, slots int) redisKeys {
 	return k
 }
 
-// NewRedis returns the fleet of opts.App on client. The client is the
-// caller's to close; Close stops only what the fleet started.
+// NewRedis returns the fleet of opts.App on client; the client is the
+// caller's to close. Run the subscriber (Run) for SlotFreed to fire.
 func NewRedis(client *redis.Client, opts RedisOptions) *Redis {
 	if opts.ProcessType == "" {
 		opts.ProcessType = ProcessType(opts.Dyno)
@@ -266,7 +250,7 @@ if #dead > 0 then
   redis.call('ZREM', KEYS[1], unpack(dead))
   redis.call('ZREM', KEYS[4], unpack(dead))
 end
-if ARGV[7] ~= 'wanting' then redis.call('ZREM', KEYS[4], ARGV[1]) end
+if ARGV[7] ~= '` + string(StateWanting) + `' then redis.call('ZREM', KEYS[4], ARGV[1]) end
 redis.call('SET', KEYS[3], ARGV[3], 'NX')
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 redis.call('PEXPIRE', KEYS[2], ARGV[5])
@@ -292,7 +276,7 @@ func (r *Redis) Publish(ctx context.Context, p Presence) error {
 	err = publishScript.Run(ctx, r.client,
 		[]string{r.keys.dynos, r.keys.presences, r.keys.epoch, r.keys.queue},
 		r.dyno, body, now.UnixMilli(), r.presenceTTL.Milliseconds(), appKeysTTL.Milliseconds(), maxPresenceTrimmed,
-		p.State,
+		string(p.State),
 	).Err()
 	if err != nil {
 		return fmt.Errorf("publish presence: %w", err)
@@ -345,6 +329,7 @@ end
 // {"noslot", waiters ahead, freed} | {"settling", ms left, freed} |
 // {"peers", have, want, freed}; freed names the stale holders dropped.
 var acquireScript = redis.NewScript(leaseLua + `
+local healthy = ` + luaSet(HealthyStates) + `
 local dyno, boot, ptype = ARGV[1], ARGV[2], ARGV[3]
 local want, ttl, now, settle = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
 local allowance, seen = tonumber(ARGV[9]), tonumber(ARGV[10])
@@ -414,8 +399,8 @@ if want > 0 then
         if ok and type(p) == 'table' and p.process_type == ptype then
           seenpeers = seenpeers + 1
           counted[name] = true
-          -- Presence.Healthy: watching or wanting, and not holding a lease.
-          if (p.state == 'watching' or p.state == 'wanting') and not holders[name] then
+          -- Presence.Healthy, and not holding a lease.
+          if healthy[p.state] and not holders[name] then
             have = have + 1
           end
         end
@@ -439,6 +424,15 @@ redis.call('SET', KEYS[free[1]], v, 'PX', ttl)
 redis.call('ZREM', KEYS[5], dyno)
 return {'ok', free[1] - first, v, waived, freed}
 `)
+
+// luaSet renders states as a Lua table usable as a set: {["watching"]=true}.
+func luaSet(states []State) string {
+	parts := make([]string, len(states))
+	for i, st := range states {
+		parts[i] = fmt.Sprintf("[%q]=true", st)
+	}
+	return "{" + strings.Join(parts, ", ") + "}"
+}
 
 // Acquire takes a restart slot. ErrNoSlot (possibly wrapped: waiting in the
 // queue, or while an empty Redis settles) and *PeersError mean: keep
@@ -493,9 +487,7 @@ func (r *Redis) Acquire(ctx context.Context) (Lease, error) {
 			r.log.Warn("min healthy peers waived: no other dyno of this type is up",
 				"event", "peers_waived", "process_type", r.ptype, "want", r.minPeers)
 		}
-		r.log.Info("lease acquired", "event", "lease_acquired", "slot", l.Slot, "token", l.Token,
-			"expires_at", l.ExpiresAt)
-		return l, nil
+		return l, nil // the agent logs the lease it took, with why it wanted it
 	}
 	return Lease{}, fmt.Errorf("acquire lease: unexpected reply %v", res[0])
 }
@@ -635,9 +627,7 @@ func (r *Redis) HandOver(ctx context.Context, lease Lease) (Lease, error) {
 		return Lease{}, fmt.Errorf("hand over lease: bad lease value in slot %d", lease.Slot)
 	}
 	l.ExpiresAt = now.Add(r.leaseTTL)
-	r.log.Info("lease handed over to the dyno that replaces this one", "event", "lease_handover",
-		"slot", l.Slot, "token", l.Token, "process_type", l.ProcessType, "restart_at", l.RestartAt)
-	return l, nil
+	return l, nil // the agent logs the hand-over
 }
 
 // releaseScript deletes the lease only if the caller holds it (as holder or
@@ -668,7 +658,6 @@ func (r *Redis) Release(ctx context.Context, lease Lease) error {
 	if n == 0 {
 		return ErrNotHolder
 	}
-	r.log.Info("lease released", "event", "lease_released", "slot", lease.Slot, "token", lease.Token)
 	return nil
 }
 
@@ -740,59 +729,20 @@ func (r *Redis) Held(ctx context.Context) (Lease, bool, error) {
 	if ms := toInt(res, 3); ms > 0 {
 		l.ExpiresAt = now.Add(time.Duration(ms) * time.Millisecond)
 	}
-	if kind == "claimed" {
-		r.log.Info("claimed the lease of the dyno this one replaces", "event", "lease_claimed",
-			"slot", l.Slot, "token", l.Token, "holder", l.Holder, "restart_at", l.RestartAt)
-	}
-	return l, true, nil
+	return l, true, nil // the agent logs the lease it holds, claimed or its own
 }
 
 // SlotFreed is signalled when a slot may have been freed: another dyno
 // released one, or the subscription was (re)established and a release may
-// have been missed. The first call starts the subscriber (see Run).
-func (r *Redis) SlotFreed() <-chan struct{} {
-	r.start()
-	return r.freed
-}
+// have been missed. Only while Run runs.
+func (r *Redis) SlotFreed() <-chan struct{} { return r.freed }
 
-// Run starts the freed-slot subscriber now rather than at the first
-// SlotFreed call and stops it when ctx ends; it returns nil then. It suits
-// an errgroup of Run loops; calling it is optional.
+// Run subscribes to the release channel and feeds SlotFreed until ctx ends;
+// it returns nil then. Without it the fleet still works, and a waiting agent
+// notices a freed slot at its next check instead of at once.
 func (r *Redis) Run(ctx context.Context) error {
-	r.start()
-	<-ctx.Done()
-	r.Close()
+	r.subscribe(ctx)
 	return nil
-}
-
-// Close stops the subscriber and waits for it. It does not close the client.
-func (r *Redis) Close() error {
-	r.mu.Lock()
-	r.running = true // no start after Close
-	stop, done := r.stop, r.done
-	r.stop = nil
-	r.mu.Unlock()
-	if stop != nil {
-		stop()
-		<-done
-	}
-	return nil
-}
-
-func (r *Redis) start() {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.running {
-		return
-	}
-	r.running = true
-	ctx, cancel := context.WithCancel(context.Background())
-	r.stop = cancel
-	r.done = make(chan struct{})
-	go func() {
-		defer close(r.done)
-		r.subscribe(ctx)
-	}()
 }
 
 // subscribe feeds freed from the release channel until ctx ends. go-redis

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/dynocycle/dynocycle/internal/testredis"
+	"github.com/dynocycle/dynocycle/internal/testutil"
 )
 
 func TestPublishIsOneRoundTrip(t *testing.T) {
@@ -101,7 +102,7 @@ func TestExpiredHolderAndRebornDyno(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "lease of worker.1 expires", func() bool {
+	testutil.Eventually(t, 10*time.Second, "lease of worker.1 expires", func() bool {
 		n, err := short.client.Exists(ctx, short.keys.leases[0]).Result()
 		return err == nil && n == 0
 	})
@@ -122,6 +123,7 @@ func TestExpiredHolderAndRebornDyno(t *testing.T) {
 		t.Fatalf("stale holder Held = %v, %v; want false", held, err)
 	}
 
+	subscribe(t, waiter)
 	freed := waiter.SlotFreed()
 	waitSignal(t, freed, 10*time.Second, "subscription established")
 
@@ -224,7 +226,7 @@ func TestRenewRestoresLostLease(t *testing.T) {
 func TestSettleOnEmptyRedis(t *testing.T) {
 	srv := testredis.Start(t)
 	ctx := context.Background()
-	clock := newFakeClock()
+	clock := testutil.NewClock()
 	a := newFleet(t, srv, RedisOptions{Dyno: "worker.1", Settle: time.Minute, Now: clock.Now})
 	if err := a.Publish(ctx, Presence{State: StateWanting}); err != nil {
 		t.Fatal(err)
@@ -245,13 +247,13 @@ func TestSettleOnEmptyRedis(t *testing.T) {
 
 func TestPeers(t *testing.T) {
 	ctx := context.Background()
-	publish := func(t *testing.T, f *Redis, state string) {
+	publish := func(t *testing.T, f *Redis, state State) {
 		t.Helper()
 		if err := f.Publish(ctx, Presence{State: state}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	opts := func(dyno string, logs *logBuffer) RedisOptions {
+	opts := func(dyno string, logs *testutil.Buffer) RedisOptions {
 		o := RedisOptions{Dyno: dyno, Settle: -1, Slots: 2, MinHealthyPeers: 1}
 		if logs != nil {
 			o.Logger = newLogger(logs)
@@ -261,7 +263,7 @@ func TestPeers(t *testing.T) {
 
 	t.Run("single dyno waived with a warning", func(t *testing.T) {
 		srv := testredis.Start(t)
-		var logs logBuffer
+		var logs testutil.Buffer
 		w1 := newFleet(t, srv, opts("worker.1", &logs))
 		publish(t, w1, StateWanting)
 		if _, err := w1.Acquire(ctx); err != nil {
@@ -291,7 +293,7 @@ func TestPeers(t *testing.T) {
 
 	t.Run("other process types do not count", func(t *testing.T) {
 		srv := testredis.Start(t)
-		var logs logBuffer
+		var logs testutil.Buffer
 		w1 := newFleet(t, srv, opts("worker.1", &logs))
 		web := newFleet(t, srv, opts("web.1", nil))
 		publish(t, web, StateWatching)
@@ -333,7 +335,7 @@ func TestPeers(t *testing.T) {
 
 	t.Run("holder whose presence lapsed still counts as formation", func(t *testing.T) {
 		srv := testredis.Start(t)
-		clock := newFakeClock()
+		clock := testutil.NewClock()
 		o1, o2 := opts("worker.1", nil), opts("worker.2", nil)
 		o1.Now, o2.Now = clock.Now, clock.Now
 		w1, w2 := newFleet(t, srv, o1), newFleet(t, srv, o2)
@@ -353,7 +355,7 @@ func TestPeers(t *testing.T) {
 
 	t.Run("expired presence does not count", func(t *testing.T) {
 		srv := testredis.Start(t)
-		clock := newFakeClock()
+		clock := testutil.NewClock()
 		o1, o2 := opts("worker.1", nil), opts("worker.2", nil)
 		o1.Now, o2.Now = clock.Now, clock.Now
 		w1, w2 := newFleet(t, srv, o1), newFleet(t, srv, o2)
@@ -373,7 +375,7 @@ func TestPeers(t *testing.T) {
 func TestRedisDownDuringDrain(t *testing.T) {
 	srv := testredis.Start(t)
 	ctx := context.Background()
-	clock := newFakeClock()
+	clock := testutil.NewClock()
 	opts := func(dyno string) RedisOptions {
 		return RedisOptions{Dyno: dyno, Settle: time.Minute, LeaseTTL: 10 * time.Minute, Now: clock.Now}
 	}
@@ -390,6 +392,7 @@ func TestRedisDownDuringDrain(t *testing.T) {
 	if _, err := b.Acquire(ctx); !errors.Is(err, ErrNoSlot) {
 		t.Fatalf("b acquire: %v", err)
 	}
+	subscribe(t, b)
 	freed := b.SlotFreed()
 	waitSignal(t, freed, 10*time.Second, "subscription established")
 
@@ -418,7 +421,7 @@ func TestRedisDownDuringDrain(t *testing.T) {
 	}
 
 	srv.Restart() // same port, no data
-	eventually(t, 20*time.Second, "b reconnects", func() bool {
+	testutil.Eventually(t, 20*time.Second, "b reconnects", func() bool {
 		return b.Publish(ctx, Presence{State: StateWanting}) == nil
 	})
 	// The new redis settles: no lease for anyone, though every slot key is gone.

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/dynocycle/dynocycle/internal/testredis"
+	"github.com/dynocycle/dynocycle/internal/testutil"
 )
 
 func TestConnectOptions(t *testing.T) {
@@ -74,7 +75,7 @@ func TestConnectNeverShowsPassword(t *testing.T) {
 		return l.Addr().String()
 	}()
 
-	var logs logBuffer
+	var logs testutil.Buffer
 	var texts []string
 	check := func(name string, err error) {
 		if err != nil {
@@ -150,7 +151,7 @@ func TestConnectTLS(t *testing.T) {
 		{"verify true overrides skip_verify in url", ConnectOptions{TLSVerify: "true"}, url + "?skip_verify=true", false, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var logs logBuffer
+			var logs testutil.Buffer
 			tc.opts.URL = tc.url
 			tc.opts.Logger = newLogger(&logs)
 			c, err := Connect(ctx, tc.opts)

@@ -8,10 +8,12 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/dynocycle/dynocycle/internal/bytesize"
+	"github.com/dynocycle/dynocycle/internal/termtext"
 )
 
 // FleetStatus is the fleet as `dynocycle status` shows it. It is plain data
@@ -27,21 +29,23 @@ type FleetStatus struct {
 	SettlesAt time.Time `json:"settles_at,omitzero"`
 }
 
-// SlotStatus is one lease slot; Holder is empty when it is free.
+// SlotStatus is one lease slot; Holder is empty when it is free. A slot
+// whose value cannot be read is taken all the same (the lease script treats
+// any value as held): Malformed then holds the start of that value.
 type SlotStatus struct {
 	Slot      int       `json:"slot"`
 	Holder    string    `json:"holder,omitempty"`
+	Malformed string    `json:"malformed,omitempty"`
 	Token     int64     `json:"token,omitempty"`
 	Since     time.Time `json:"since,omitzero"`
 	ExpiresAt time.Time `json:"expires_at,omitzero"`
-	// RestartAt and Successor tell a hand-over (see Lease).
-	RestartAt time.Time `json:"restart_at,omitzero"`
-	Successor string    `json:"successor,omitempty"`
+	// HolderBoot names the holder's agent process (see Lease).
+	HolderBoot string `json:"holder_boot,omitempty"`
+	// RestartAt, Successor and SuccessorBoot tell a hand-over (see Lease).
+	RestartAt     time.Time `json:"restart_at,omitzero"`
+	Successor     string    `json:"successor,omitempty"`
+	SuccessorBoot string    `json:"successor_boot,omitempty"`
 }
-
-// unreadableHolder names the holder of a slot whose value cannot be read
-// (another version's, or garbage): the slot is taken until the key expires.
-const unreadableHolder = "(unreadable lease value)"
 
 // snapshotScript reads live presences, the lease slots and the epoch in one
 // atomic round trip; the ZSET bounds the read to live dynos, no SCAN.
@@ -92,9 +96,10 @@ func (r *Redis) Snapshot(ctx context.Context) (FleetStatus, error) {
 		if v, _ := leases[i].(string); v != "" {
 			if l, ok := parseLeaseValue(slot.Slot, v); ok {
 				slot.Holder, slot.Token, slot.Since = l.Holder, l.Token, l.AcquiredAt
-				slot.RestartAt, slot.Successor = l.RestartAt, l.Successor
+				slot.HolderBoot = l.HolderBoot
+				slot.RestartAt, slot.Successor, slot.SuccessorBoot = l.RestartAt, l.Successor, l.SuccessorBoot
 			} else {
-				slot.Holder = unreadableHolder // taken, as the scripts treat it
+				slot.Malformed = termtext.Cell(v, termtext.MaxCell)
 			}
 			if ms := toInt(leases, i+1); ms > 0 {
 				slot.ExpiresAt = now.Add(time.Duration(ms) * time.Millisecond)
@@ -112,59 +117,88 @@ func (r *Redis) Snapshot(ctx context.Context) (FleetStatus, error) {
 	return s, nil
 }
 
-// WriteTable writes the fleet as a table, then one line per lease slot.
-// Times are shown relative to now.
+// WriteTable writes the fleet the way `heroku ps` writes dynos: a header
+// naming the app, then one line per dyno grouped by process type, then the
+// restart slots. Times are relative to now; every value read from Redis is
+// cut and escaped (termtext.Cell), so no record can flood the terminal.
 func WriteTable(w io.Writer, s FleetStatus, now time.Time) error {
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "DYNO\tSTATE\tMEMORY / LIMIT\tUPTIME\tRESTARTS\tLAST REASON")
-	for _, p := range s.Dynos {
-		reason := p.LastReason
-		if reason == "" {
-			reason = "-"
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\n",
-			p.Dyno, p.State, memoryColumn(p.RSS, p.Limit), uptime(p.StartedAt, now), p.Restarts, reason)
-	}
-	if err := tw.Flush(); err != nil {
-		return err
-	}
 	var b strings.Builder
+	taken := 0
+	for _, sl := range s.Slots {
+		if sl.Holder != "" || sl.Malformed != "" {
+			taken++
+		}
+	}
+	app := cell(s.App)
 	if len(s.Dynos) == 0 {
-		b.WriteString("(no agent has reported)\n")
+		fmt.Fprintf(&b, "=== %s: no dyno has reported (agents report under FLEET_SCOPE, else HEROKU_APP_NAME, else HEROKU_APP_ID)\n", app)
+	} else {
+		fmt.Fprintf(&b, "=== %s: %s reporting\n", app, plural(len(s.Dynos), "dyno"))
+	}
+	dynos := slices.Clone(s.Dynos)
+	ptype := func(p Presence) string {
+		if p.ProcessType != "" {
+			return p.ProcessType
+		}
+		return ProcessType(p.Dyno)
+	}
+	slices.SortStableFunc(dynos, func(a, b Presence) int { return strings.Compare(ptype(a), ptype(b)) })
+	for i, p := range dynos {
+		if i == 0 || ptype(p) != ptype(dynos[i-1]) {
+			n := 0
+			for _, q := range dynos {
+				if ptype(q) == ptype(p) {
+					n++
+				}
+			}
+			fmt.Fprintf(&b, "\n=== %s (%d)\n", cell(ptype(p)), n)
+		}
+		fmt.Fprintf(&b, "%s: %s %s", cell(p.Dyno), cell(string(p.State)), memoryColumn(p.RSS, p.Limit))
+		if !p.StartedAt.IsZero() {
+			fmt.Fprintf(&b, ", up %s", uptime(p.StartedAt, now))
+		}
+		switch {
+		case p.Restarts == 0:
+			b.WriteString(", no restarts")
+		case p.LastReason != "":
+			fmt.Fprintf(&b, ", %s (last: %s)", plural(p.Restarts, "restart"), cell(p.LastReason))
+		default:
+			fmt.Fprintf(&b, ", %s", plural(p.Restarts, "restart"))
+		}
+		b.WriteString("\n")
 	}
 	// Which jobs grew memory: the point is to learn which job to fix.
+	grew := false
 	for _, p := range s.Dynos {
 		if len(p.TopJobs) == 0 {
 			continue
 		}
-		parts := make([]string, len(p.TopJobs))
-		for i, j := range p.TopJobs {
-			parts[i] = fmt.Sprintf("%s +%.1fMB over %d runs", j.Class, float64(max(j.Bytes, 0))/(1<<20), j.Runs)
+		if !grew {
+			b.WriteString("\n")
+			grew = true
 		}
-		fmt.Fprintf(&b, "%s grew most in: %s\n", p.Dyno, strings.Join(parts, ", "))
+		parts := make([]string, 0, min(len(p.TopJobs), maxTopJobs))
+		for _, j := range p.TopJobs[:min(len(p.TopJobs), maxTopJobs)] {
+			parts = append(parts, fmt.Sprintf("%s +%.1fMB over %d runs", cell(j.Class), float64(max(j.Bytes, 0))/(1<<20), j.Runs))
+		}
+		fmt.Fprintf(&b, "%s grew most in: %s\n", cell(p.Dyno), strings.Join(parts, ", "))
 	}
+	fmt.Fprintf(&b, "\n=== restart slots: %d of %d taken\n", taken, len(s.Slots))
 	for _, sl := range s.Slots {
-		if sl.Holder == "" {
-			fmt.Fprintf(&b, "lease slot %d: free\n", sl.Slot)
-			continue
-		}
-		expires := "no expiry"
+		expires := ""
 		if !sl.ExpiresAt.IsZero() {
-			expires = "expires in " + shortDuration(sl.ExpiresAt.Sub(now))
+			expires = ", expires in " + shortDuration(sl.ExpiresAt.Sub(now))
 		}
-		if sl.Holder == unreadableHolder {
-			fmt.Fprintf(&b, "lease slot %d: taken, value unreadable (%s)\n", sl.Slot, expires)
-			continue
+		switch {
+		case sl.Malformed != "":
+			fmt.Fprintf(&b, "slot %d: taken, by a malformed value \"%s\" (agents treat it as held)%s\n", sl.Slot, sl.Malformed, expires)
+		case sl.Holder == "":
+			fmt.Fprintf(&b, "slot %d: free\n", sl.Slot)
+		default:
+			fmt.Fprintf(&b, "slot %d: %s since %s (~ %s ago), token %d%s%s\n",
+				sl.Slot, agentName(sl.Holder, sl.HolderBoot), sl.Since.UTC().Format(time.RFC3339), shortDuration(now.Sub(sl.Since)),
+				sl.Token, expires, handOverColumn(sl, now))
 		}
-		handover := ""
-		if !sl.RestartAt.IsZero() {
-			handover = ", handed over at " + sl.RestartAt.UTC().Format(time.RFC3339)
-			if sl.Successor != "" {
-				handover += " to " + sl.Successor
-			}
-		}
-		fmt.Fprintf(&b, "lease slot %d: held by %s since %s (token %d, %s%s)\n",
-			sl.Slot, sl.Holder, sl.Since.UTC().Format(time.RFC3339), sl.Token, expires, handover)
 	}
 	if !s.SettlesAt.IsZero() && s.SettlesAt.After(now) {
 		fmt.Fprintf(&b, "leases paused for %s: redis holds no fleet history yet (restarted or new)\n",
@@ -174,33 +208,23 @@ func WriteTable(w io.Writer, s FleetStatus, now time.Time) error {
 	return err
 }
 
-// WriteJSON writes s as indented JSON.
-func WriteJSON(w io.Writer, s FleetStatus) error {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(s)
+// maxTopJobs bounds the job classes shown per dyno.
+const maxTopJobs = 5
+
+func cell(s string) string { return termtext.Cell(s, termtext.MaxCell) }
+
+func plural(n int, what string) string {
+	if n == 1 {
+		return "1 " + what
+	}
+	return fmt.Sprintf("%d %ss", n, what)
 }
 
 func memoryColumn(rss, limit uint64) string {
 	if limit == 0 {
-		return humanBytes(rss) + " / -"
+		return bytesize.Human(rss) + " (no limit)"
 	}
-	return fmt.Sprintf("%s / %s (%d%%)", humanBytes(rss), humanBytes(limit), rss*100/limit)
-}
-
-// humanBytes uses binary units named the way Heroku names them (512MB).
-func humanBytes(b uint64) string {
-	const mb = 1 << 20
-	switch {
-	case b >= 10<<30:
-		return fmt.Sprintf("%dGB", b>>30)
-	case b >= 1<<30:
-		return strconv.FormatFloat(float64(b)/(1<<30), 'f', 1, 64) + "GB"
-	case b >= mb:
-		return fmt.Sprintf("%dMB", b/mb)
-	default:
-		return fmt.Sprintf("%dKB", b>>10)
-	}
+	return fmt.Sprintf("%s / %s (%d%%)", bytesize.Human(rss), bytesize.Human(limit), rss*100/limit)
 }
 
 func uptime(started, now time.Time) string {
@@ -261,4 +285,25 @@ func leadingDigits(s string) int {
 		i++
 	}
 	return i
+}
+
+// agentName names one agent process: its dyno and, when known, its boot id.
+func agentName(dyno, boot string) string {
+	if boot == "" {
+		return cell(dyno)
+	}
+	return cell(dyno) + " (boot " + cell(boot) + ")"
+}
+
+// handOverColumn tells where a handed-over lease is: waiting for the dyno
+// that replaces its holder, or claimed by it.
+func handOverColumn(sl SlotStatus, now time.Time) string {
+	if sl.RestartAt.IsZero() {
+		return ""
+	}
+	s := fmt.Sprintf(", handed over %s ago", shortDuration(now.Sub(sl.RestartAt)))
+	if sl.Successor == "" {
+		return s + ", waiting for the new dyno"
+	}
+	return s + " to " + agentName(sl.Successor, sl.SuccessorBoot)
 }

@@ -5,12 +5,15 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/dynocycle/dynocycle/internal/testredis"
+	"github.com/dynocycle/dynocycle/internal/testutil"
 )
 
 var statusNow = time.Date(2026, 3, 14, 12, 0, 0, 0, time.UTC)
@@ -43,14 +46,21 @@ func TestWriteTable(t *testing.T) {
 	if err := WriteTable(&b, sampleStatus(), statusNow); err != nil {
 		t.Fatal(err)
 	}
-	want := `DYNO       STATE     MEMORY / LIMIT        UPTIME  RESTARTS  LAST REASON
-worker.1   watching  300MB / 512MB (58%)   3h04m   2         max_rss
-worker.2   draining  530MB / 512MB (103%)  1d02h   0         -
-worker.10  wanting   1.5GB / 2.0GB (75%)   12m05s  1         schedule
-web.1      watching  900KB / -             -       0         -
+	want := `=== shop: 4 dynos reporting
+
+=== web (1)
+web.1: watching 900KB (no limit), no restarts
+
+=== worker (3)
+worker.1: watching 300MB / 512MB (58%), up 3h04m, 2 restarts (last: max_rss)
+worker.2: draining 530MB / 512MB (103%), up 1d02h, no restarts
+worker.10: wanting 1.5GB / 2.0GB (75%), up 12m05s, 1 restart (last: schedule)
+
 worker.1 grew most in: ExportCsvJob +410.0MB over 37 runs, MailerJob +3.0MB over 900 runs
-lease slot 0: held by worker.2 since 2026-03-14T11:58:30Z (token 42, expires in 3m20s)
-lease slot 1: free
+
+=== restart slots: 1 of 2 taken
+slot 0: worker.2 since 2026-03-14T11:58:30Z (~ 1m30s ago), token 42, expires in 3m20s
+slot 1: free
 `
 	if got := b.String(); got != want {
 		t.Fatalf("table:\n%s\nwant:\n%s", got, want)
@@ -63,9 +73,10 @@ func TestWriteTableEmptyAndSettling(t *testing.T) {
 	if err := WriteTable(&b, s, statusNow); err != nil {
 		t.Fatal(err)
 	}
-	want := `DYNO  STATE  MEMORY / LIMIT  UPTIME  RESTARTS  LAST REASON
-(no agent has reported)
-lease slot 0: free
+	want := `=== shop: no dyno has reported (agents report under FLEET_SCOPE, else HEROKU_APP_NAME, else HEROKU_APP_ID)
+
+=== restart slots: 0 of 1 taken
+slot 0: free
 leases paused for 4m00s: redis holds no fleet history yet (restarted or new)
 `
 	if got := b.String(); got != want {
@@ -73,11 +84,43 @@ leases paused for 4m00s: redis holds no fleet history yet (restarted or new)
 	}
 }
 
-func TestWriteJSON(t *testing.T) {
+// One record with a huge or hostile value must not flood the terminal: no
+// line grows with the widest cell, and control characters are escaped.
+func TestWriteTableIsBoundedAndEscaped(t *testing.T) {
+	huge := strings.Repeat("q", 20000)
+	s := FleetStatus{App: "shop", Slots: []SlotStatus{{Slot: 0, Holder: huge, Token: 1, Since: statusNow}}}
+	for i := range 50 {
+		s.Dynos = append(s.Dynos, Presence{Dyno: fmt.Sprintf("worker.%d", i+1), State: StateWatching, RSS: 1 << 20})
+	}
+	s.Dynos[0].Dyno = "worker.\x1b[2J\x1b]0;pwned\x07"
+	s.Dynos[1].LastReason, s.Dynos[1].Restarts = huge, 1
+	s.Dynos[2].TopJobs = []JobGrowth{{Class: huge, Bytes: 1 << 20, Runs: 1}}
+	var b bytes.Buffer
+	if err := WriteTable(&b, s, statusNow); err != nil {
+		t.Fatal(err)
+	}
+	out := b.String()
+	if b.Len() > 20000 {
+		t.Errorf("%d bytes for 50 dynos", b.Len())
+	}
+	for _, line := range strings.Split(out, "\n") {
+		if len(line) > 300 {
+			t.Errorf("line of %d bytes: %.80q...", len(line), line)
+		}
+	}
+	if strings.ContainsAny(out, "\x1b\x07") || !strings.Contains(out, `worker.\x1b[2J\x1b]0;pwned\a`) {
+		t.Errorf("control characters reach the terminal:\n%q", out[:min(len(out), 400)])
+	}
+}
+
+// TestFleetStatusJSON pins the field names `dynocycle status --json` shows.
+func TestFleetStatusJSON(t *testing.T) {
 	s := sampleStatus()
 	s.Dynos = s.Dynos[1:2]
 	var b bytes.Buffer
-	if err := WriteJSON(&b, s); err != nil {
+	enc := json.NewEncoder(&b)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(s); err != nil {
 		t.Fatal(err)
 	}
 	want := `{
@@ -125,7 +168,7 @@ func TestWriteJSON(t *testing.T) {
 func TestSnapshot(t *testing.T) {
 	srv := testredis.Start(t)
 	ctx := context.Background()
-	clock := newFakeClock()
+	clock := testutil.NewClock()
 	mk := func(dyno string) *Redis {
 		return newFleet(t, srv, RedisOptions{App: "shop", Dyno: dyno, Slots: 2, Settle: -1,
 			LeaseTTL: 5 * time.Minute, Now: clock.Now})
@@ -138,7 +181,7 @@ func TestSnapshot(t *testing.T) {
 	clock.Add(10 * time.Second)
 	for _, p := range []struct {
 		f     *Redis
-		state string
+		state State
 	}{{w10, StateWanting}, {w2, StateDraining}, {web, StateWatching}} {
 		if err := p.f.Publish(ctx, Presence{State: p.state, RSS: 400 << 20, Limit: 512 << 20, StartedAt: started}); err != nil {
 			t.Fatal(err)
@@ -156,7 +199,7 @@ func TestSnapshot(t *testing.T) {
 	}
 	var names []string
 	for _, p := range s.Dynos {
-		names = append(names, p.Dyno+"/"+p.State)
+		names = append(names, p.Dyno+"/"+string(p.State))
 	}
 	if got, want := names, []string{"web.1/watching", "worker.2/draining", "worker.10/wanting"}; !slices.Equal(got, want) {
 		t.Fatalf("dynos %v, want %v", got, want)
@@ -178,31 +221,47 @@ func TestSnapshot(t *testing.T) {
 		t.Fatalf("status header %+v", s)
 	}
 
-	// A hand-over shows; a value the scripts cannot read is shown taken,
-	// as they treat it.
-	handed, err := w2.HandOver(ctx, lease)
-	if err != nil {
+	// A hand-over shows, waiting and then claimed, with each agent's boot;
+	// a value the scripts cannot read is shown taken, as they treat it.
+	if _, err := w2.HandOver(ctx, lease); err != nil {
 		t.Fatal(err)
 	}
 	if err := web.client.Set(ctx, web.keys.leases[1], "garbage", time.Minute).Err(); err != nil {
 		t.Fatal(err)
 	}
-	s, err = web.Snapshot(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var b bytes.Buffer
-	if err := WriteTable(&b, s, s.TakenAt); err != nil {
-		t.Fatal(err)
-	}
-	for _, want := range []string{
-		"lease slot 0: held by worker.2 since 2026-03-14T09:27:03Z (token 1, expires in 5m00s, handed over at " +
-			handed.RestartAt.UTC().Format(time.RFC3339) + ")",
-		"lease slot 1: taken, value unreadable (expires in 1m00s)",
-	} {
-		if !strings.Contains(b.String(), want) {
-			t.Errorf("status lacks %q:\n%s", want, b.String())
+	clock.Add(30 * time.Second)
+	table := func() string {
+		t.Helper()
+		s, err := web.Snapshot(ctx)
+		if err != nil {
+			t.Fatal(err)
 		}
+		var b bytes.Buffer
+		if err := WriteTable(&b, s, s.TakenAt); err != nil {
+			t.Fatal(err)
+		}
+		return b.String()
+	}
+	// Expiry runs on the Redis clock, not the test's: any expiry matches.
+	holder := regexp.QuoteMeta(fmt.Sprintf("slot 0: worker.2 (boot %s) since %s (~ 40s ago), token %d",
+		w2.Boot(), lease.AcquiredAt.UTC().Format(time.RFC3339), lease.Token)) + `, expires in \w+` +
+		regexp.QuoteMeta(", handed over 30s ago")
+	for _, want := range []string{
+		holder + regexp.QuoteMeta(", waiting for the new dyno") + "\n",
+		regexp.QuoteMeta(`slot 1: taken, by a malformed value "garbage" (agents treat it as held), expires in `),
+		regexp.QuoteMeta("restart slots: 2 of 2 taken"),
+	} {
+		if out := table(); !regexp.MustCompile(want).MatchString(out) {
+			t.Errorf("status lacks %s:\n%s", want, out)
+		}
+	}
+	reborn := mk("worker.2")
+	if _, held, err := reborn.Held(ctx); err != nil || !held {
+		t.Fatalf("the reborn dyno claims the lease: held %v, %v", held, err)
+	}
+	want := holder + regexp.QuoteMeta(" to worker.2 (boot "+reborn.Boot()+")") + "\n"
+	if out := table(); !regexp.MustCompile(want).MatchString(out) {
+		t.Errorf("status lacks %s:\n%s", want, out)
 	}
 	if _, err := w10.Acquire(ctx); !errors.Is(err, ErrNoSlot) {
 		t.Errorf("acquire over an unreadable slot: %v, want ErrNoSlot", err)

@@ -5,11 +5,12 @@ package metrics
 
 import (
 	"context"
-	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -19,11 +20,6 @@ import (
 	"github.com/dynocycle/dynocycle/agent"
 	"github.com/dynocycle/dynocycle/heartbeat"
 )
-
-var states = []string{
-	heartbeat.StateWatching, heartbeat.StateWanting, heartbeat.StateLeased,
-	heartbeat.StateQuieting, heartbeat.StateDraining, heartbeat.StateRestarting,
-}
 
 // Metrics is the agent's Prometheus registry. It has its own registry, not
 // the global one, so tests and embedders get exactly these series.
@@ -73,8 +69,8 @@ func New(dyno, version string) *Metrics {
 	reg.MustRegister(m.memory, m.limit, m.state, m.restarts, m.drain, m.leaseWait, m.apiErrors, m.fleetErrs,
 		m.jobGrowth, m.jobRuns, m.lastSample, build,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	for _, s := range states {
-		m.state.WithLabelValues(s).Set(0)
+	for _, s := range heartbeat.States {
+		m.state.WithLabelValues(string(s)).Set(0)
 	}
 	for _, r := range []string{agent.ReasonMaxRSS, agent.ReasonCritical, agent.ReasonSchedule} {
 		m.restarts.WithLabelValues(r) // present at zero, so rate() works from the start
@@ -90,13 +86,13 @@ func (m *Metrics) Sample(rss, limit uint64) {
 }
 
 // State marks the current state.
-func (m *Metrics) State(state string) {
-	for _, s := range states {
+func (m *Metrics) State(state heartbeat.State) {
+	for _, s := range heartbeat.States {
 		v := 0.0
 		if s == state {
 			v = 1
 		}
-		m.state.WithLabelValues(s).Set(v)
+		m.state.WithLabelValues(string(s)).Set(v)
 	}
 }
 
@@ -124,33 +120,80 @@ func (m *Metrics) JobGrowth(jobs []heartbeat.JobGrowth) {
 func (m *Metrics) APIError(status int) { m.apiErrors.WithLabelValues(strconv.Itoa(status)).Inc() }
 
 // Server serves /metrics on addr until ctx ends.
+//
+// The address is bound by Listen, before the worker starts, so that one
+// that cannot be bound (in use, not a local address, a privileged port) is a
+// configuration error seen at once: exit 2 before any job runs and with
+// nothing to drain. The alternatives are worse for the user of a supervisor:
+// running for weeks with nobody scraping it, or taking a busy worker down
+// with it. Once bound, the server never ends the agent: a serving error is
+// logged and the worker stays supervised, without metrics.
 type Server struct {
 	Addr    string
 	Metrics *Metrics
+	Logger  *slog.Logger // nil: errors go unlogged
 	// Ready, when set, receives the bound address once listening (tests use ":0").
 	Ready chan<- string
+
+	mu sync.Mutex
+	ln net.Listener
 }
 
-// Run listens and serves; it returns nil when ctx ends.
-func (s *Server) Run(ctx context.Context) error {
+// Listen binds Addr. Run calls it when it was not called before.
+func (s *Server) Listen() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ln != nil {
+		return nil
+	}
 	ln, err := net.Listen("tcp", s.Addr)
 	if err != nil {
 		return fmt.Errorf("metrics listen on %s: %w", s.Addr, err)
 	}
+	s.ln = ln
+	return nil
+}
+
+// Close releases the address of a server that will not Run.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ln == nil {
+		return nil
+	}
+	return s.ln.Close()
+}
+
+// Run serves until ctx ends and returns nil then. It returns an error only
+// when it cannot bind Addr (Listen was not called first).
+func (s *Server) Run(ctx context.Context) error {
+	if err := s.Listen(); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	ln := s.ln
+	s.mu.Unlock()
 	if s.Ready != nil {
 		s.Ready <- ln.Addr().String()
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(s.Metrics.Registry, promhttp.HandlerOpts{}))
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	go func() {
-		<-ctx.Done()
-		shutdownCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(shutdownCtx)
-	}()
-	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return fmt.Errorf("metrics server: %w", err)
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	select {
+	case err := <-served:
+		// A serving error never ends the agent: the worker stays supervised.
+		if s.Logger != nil {
+			s.Logger.Error("metrics server failed; the worker stays supervised, without metrics",
+				"event", "metrics_failed", "addr", ln.Addr().String(), "err", err)
+		}
+		return nil
+	case <-ctx.Done():
 	}
+	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	defer cancel()
+	_ = srv.Shutdown(shutdownCtx)
+	<-served
 	return nil
 }

@@ -1,8 +1,11 @@
 package metrics
 
 import (
+	"bytes"
 	"context"
 	"io"
+	"log/slog"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -70,5 +73,45 @@ func TestListenErrorIsReported(t *testing.T) {
 	err := (&Server{Addr: "256.0.0.1:1", Metrics: New("w", "v")}).Run(context.Background())
 	if err == nil || !strings.Contains(err.Error(), "metrics listen on 256.0.0.1:1") {
 		t.Errorf("err = %v", err)
+	}
+}
+
+func TestListenFailsBeforeServingOnABusyAddress(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	s := &Server{Addr: busy.Addr().String(), Metrics: New("w", "v")}
+	err = s.Listen()
+	if err == nil || !strings.Contains(err.Error(), "metrics listen on "+busy.Addr().String()) {
+		t.Fatalf("Listen = %v, want the address named", err)
+	}
+	if err := s.Close(); err != nil {
+		t.Errorf("Close of an unbound server: %v", err)
+	}
+}
+
+func TestServingErrorDoesNotEndTheAgent(t *testing.T) {
+	var logs bytes.Buffer
+	s := &Server{Addr: "127.0.0.1:0", Metrics: New("w", "v"), Logger: slog.New(slog.NewTextHandler(&logs, nil))}
+	if err := s.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	_ = s.Close() // the listener fails under the server
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Run = %v, want nil: an error would stop the agent and its worker", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return")
+	}
+	if !strings.Contains(logs.String(), "event=metrics_failed") {
+		t.Errorf("logs = %q, want the failure logged", logs.String())
 	}
 }

@@ -1,20 +1,26 @@
 package platform
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/cenkalti/backoff/v5"
 	heroku "github.com/heroku/heroku-go/v5"
 
 	"github.com/dynocycle/dynocycle/agent"
+	"github.com/dynocycle/dynocycle/config"
 )
 
 // Defaults of HerokuOptions.
@@ -29,6 +35,16 @@ const (
 	// tokens a minute and every dyno's agent (and every human using the same
 	// user) draws from it, so hammering it only starves the others.
 	DefaultRateLimitWait = 20 * time.Second
+)
+
+// Bounds on what an answer can make the restarter read and log. The API's
+// error bodies are a few hundred bytes of JSON; anything longer is a proxy's
+// page or a fault, and is cut rather than read whole and logged per attempt.
+const (
+	maxErrorBody   = 16 << 10 // bytes of a non-2xx body read
+	maxSuccessBody = 64 << 10 // bytes of a 2xx body read (the restart's is {})
+	maxAPIMessage  = 300      // bytes of the API's message kept
+	maxAPIField    = 80       // bytes of its id and url kept
 )
 
 // HerokuOptions configures a Heroku restarter. Zero values take the defaults.
@@ -62,12 +78,13 @@ type Heroku struct {
 	opts HerokuOptions
 	svc  *heroku.Service
 	log  *slog.Logger
+	// badName is why App or Dyno cannot go into a request path; Restart then
+	// refuses without a request. The configuration checks the same forms at
+	// start-up, but this package must not trust its callers with a path.
+	badName error
 }
 
-var (
-	_ agent.Restarter = (*Heroku)(nil)
-	_ agent.Replacer  = (*Heroku)(nil)
-)
+var _ agent.Restarter = (*Heroku)(nil)
 
 // ReplacesAgent is true: the platform replaces the dyno, agent and all,
 // also when the call fails and the agent exits for a crash restart.
@@ -119,7 +136,20 @@ func NewHeroku(opts HerokuOptions) *Heroku {
 	}
 	svc := heroku.NewService(client)
 	svc.URL = opts.BaseURL
-	return &Heroku{opts: opts, svc: svc, log: opts.Logger}
+	return &Heroku{opts: opts, svc: svc, log: opts.Logger, badName: checkNames(opts.App, opts.Dyno)}
+}
+
+// checkNames refuses names outside Heroku's forms: HEROKU_APP_NAME
+// "app/dynos?x=" would make DELETE /apps/app/dynos (every dyno), DYNO
+// "worker" the restart of every worker dyno, "../../x" another endpoint.
+func checkNames(app, dyno string) error {
+	if err := config.CheckHerokuApp(app); err != nil {
+		return fmt.Errorf("heroku api: restart not sent: app %q: %w; accepted: %s", app, err, config.AppForm)
+	}
+	if err := config.CheckHerokuDyno(dyno); err != nil {
+		return fmt.Errorf("heroku api: restart not sent: dyno %q: %w; accepted: %s", dyno, err, config.DynoForm)
+	}
+	return nil
 }
 
 // Restart asks Heroku to restart this dyno, at most MaxAttempts calls with
@@ -132,15 +162,19 @@ func NewHeroku(opts HerokuOptions) *Heroku {
 //
 // On failure it returns (agent.Exit, err): the agent stops the worker and
 // exits non-zero, which Heroku treats as a crash and restarts the dyno anyway.
-// That happens at once on a permanent refusal (401, 403, 404, 422 and other
-// 4xx but 408 and 429), after MaxAttempts calls on 429, 5xx, network errors
-// and timeouts, or when ctx ends. The error never contains the token.
+// That happens without a request when App or Dyno is not in Heroku's forms
+// (see checkNames), at once on a permanent refusal (401, 403, 404, 422 and
+// other 4xx but 408 and 429), after MaxAttempts calls on 429, 5xx, network
+// errors and timeouts, or when ctx ends. The error never contains the token.
 //
 // A call that timed out may still have been accepted; retrying it then at
 // worst restarts the fresh dyno once more. Cancel ctx when SIGTERM arrives so
 // no retry outlives the dyno. With the defaults the worst case is about five
 // 10 s timeouts plus the waits between them, longer while rate limited.
 func (h *Heroku) Restart(ctx context.Context, reason string) (agent.Next, error) {
+	if h.badName != nil {
+		return agent.Exit, h.redact(h.badName)
+	}
 	b := &backoff.ExponentialBackOff{
 		InitialInterval:     h.opts.BackoffInitial,
 		RandomizationFactor: 0.5,
@@ -149,11 +183,18 @@ func (h *Heroku) Restart(ctx context.Context, reason string) (agent.Next, error)
 	}
 	b.Reset()
 	log := h.log.With("event", "api_restart", "app", h.opts.App, "dyno", h.opts.Dyno, "reason", reason)
+	// The API's message is logged when it is news, not on every attempt; the
+	// returned error, which the agent logs again, carries status and id only.
+	lastMessage := ""
 	for attempt := 1; ; attempt++ {
 		res := h.call(ctx)
 		attrs := []any{"attempt", attempt, "status", res.status}
 		if res.remaining >= 0 {
 			attrs = append(attrs, "ratelimit_remaining", res.remaining)
+		}
+		if res.message != "" && res.message != lastMessage {
+			attrs = append(attrs, "api_message", h.redactText(res.message))
+			lastMessage = res.message
 		}
 		if res.err == nil {
 			log.Info("dyno restart accepted", append(attrs, "wait", time.Duration(0))...)
@@ -193,6 +234,7 @@ type result struct {
 	status    int // 0 when no response arrived
 	remaining int // RateLimit-Remaining, -1 when absent
 	permanent bool
+	message   string // the API's error message, cut to maxAPIMessage
 	err       error
 }
 
@@ -202,29 +244,42 @@ func (r result) rateLimited() bool {
 
 func (h *Heroku) call(ctx context.Context) result {
 	seen := response{remaining: -1}
-	_, err := h.svc.DynoRestart(context.WithValue(ctx, responseKey{}, &seen), h.opts.App, h.opts.Dyno)
+	// Escaped although checked: a name can never leave its path segment.
+	_, err := h.svc.DynoRestart(context.WithValue(ctx, responseKey{}, &seen), url.PathEscape(h.opts.App), url.PathEscape(h.opts.Dyno))
 	res := result{status: seen.status, remaining: seen.remaining}
 	var he heroku.Error
 	if errors.As(err, &he) {
 		res.status = he.StatusCode
+		res.message = he.Error() // heroku-go always sets it: the body's message
 	}
 	// Any 2xx is success, whatever the body: heroku-go fails on an empty one
 	// with io.EOF, and the restart has been accepted all the same.
 	if err == nil || res.status/100 == 2 {
 		res.err = nil
+		res.message = ""
 		return res
 	}
 	switch {
 	case res.status == 0:
 		res.err = fmt.Errorf("heroku api: restart %s: %w", h.opts.Dyno, err)
 	case res.status == http.StatusTooManyRequests || res.status == http.StatusRequestTimeout || res.status >= 500:
-		res.err = fmt.Errorf("heroku api: %d %s: %w", res.status, statusText(res.status, he.ID), err)
+		res.err = &apiError{text: fmt.Sprintf("heroku api: %d %s", res.status, statusText(res.status, he.ID)), cause: err}
 	default:
 		res.permanent = true
-		res.err = fmt.Errorf("heroku api: %d %s: %s: %w", res.status, statusText(res.status, he.ID), h.hint(res.status), err)
+		res.err = &apiError{text: fmt.Sprintf("heroku api: %d %s: %s", res.status, statusText(res.status, he.ID), h.hint(res.status)), cause: err}
 	}
 	return res
 }
+
+// apiError is an answered call's error. Its text leaves out the API's
+// message (logged once by Restart); errors.As still finds the heroku.Error.
+type apiError struct {
+	text  string
+	cause error
+}
+
+func (e *apiError) Error() string { return e.text }
+func (e *apiError) Unwrap() error { return e.cause }
 
 // hint names the likely cause of a permanent refusal.
 func (h *Heroku) hint(status int) string {
@@ -260,6 +315,13 @@ func (h *Heroku) redact(err error) error {
 	return redacted{err: err, token: h.opts.Token}
 }
 
+func (h *Heroku) redactText(s string) string {
+	if h.opts.Token == "" {
+		return s
+	}
+	return strings.ReplaceAll(s, h.opts.Token, "[REDACTED]")
+}
+
 type redacted struct {
 	err   error
 	token string
@@ -292,7 +354,96 @@ func (o observer) RoundTrip(req *http.Request) (*http.Response, error) {
 			}
 		}
 	}
+	if resp != nil {
+		if resp.StatusCode/100 == 2 {
+			resp.Body = limitedBody{Reader: io.LimitReader(resp.Body, maxSuccessBody), Closer: resp.Body}
+		} else {
+			resp.Body = boundedError(resp.Body)
+		}
+	}
 	return resp, err
+}
+
+type limitedBody struct {
+	io.Reader
+	io.Closer
+}
+
+// boundedError reads at most maxErrorBody bytes of an error answer, closes
+// it, and returns a small JSON error in its place for heroku-go to decode,
+// with the message, id and url cut. heroku-go would otherwise decode a body
+// of any length whole into its error. A body that is not JSON (a proxy's
+// page, or JSON cut at the limit) becomes the message, cut.
+func boundedError(body io.ReadCloser) io.ReadCloser {
+	raw, _ := io.ReadAll(io.LimitReader(body, maxErrorBody))
+	_ = body.Close() // unread rest: the connection is dropped, not drained
+	e := parseError(raw)
+	e.ID, e.Message, e.URL = cut(idChars(e.ID), maxAPIField), cut(e.Message, maxAPIMessage), cut(e.URL, maxAPIField)
+	small, _ := json.Marshal(e) // strings only: cannot fail
+	return io.NopCloser(bytes.NewReader(small))
+}
+
+type apiErrorBody struct {
+	ID      string `json:"id"`
+	Message string `json:"message"`
+	URL     string `json:"url"`
+}
+
+// parseError reads the fields of an error body, or of as much of it as was
+// read: a body cut inside its message still yields the id before it. Without
+// a message the raw text stands in, so a proxy's page is not lost.
+func parseError(raw []byte) apiErrorBody {
+	var e apiErrorBody
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	if t, err := dec.Token(); err == nil && t == json.Delim('{') {
+		for dec.More() {
+			k, err := dec.Token()
+			if err != nil {
+				break
+			}
+			var v any
+			if err := dec.Decode(&v); err != nil {
+				break
+			}
+			s, _ := v.(string)
+			switch k {
+			case "id":
+				e.ID = s
+			case "message":
+				e.Message = s
+			case "url":
+				e.URL = s
+			}
+		}
+	}
+	if e.Message == "" {
+		e.Message = string(raw)
+	}
+	return e
+}
+
+// idChars keeps what an error id is made of (rate_limit, not_found): the id
+// goes into error texts unquoted.
+func idChars(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r == '_' || r == '-' || r == '.' || ('a' <= r && r <= 'z') || ('A' <= r && r <= 'Z') || ('0' <= r && r <= '9') {
+			return r
+		}
+		return -1
+	}, s)
+}
+
+// cut returns s as valid UTF-8 of at most n bytes, marked with … when cut.
+func cut(s string, n int) string {
+	s = strings.ToValidUTF8(strings.TrimSpace(s), "\uFFFD")
+	if len(s) <= n {
+		return s
+	}
+	i := n
+	for i > 0 && !utf8.RuneStart(s[i]) {
+		i--
+	}
+	return s[:i] + "…"
 }
 
 // CancelRequest exists because http.Client, on its own timeout, calls it on

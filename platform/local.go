@@ -1,6 +1,8 @@
-// Package platform holds the Restarters: heroku (the Platform API restarts
-// the dyno), local (restart the worker in place) and exit (stop the worker
-// and exit, for supervisors such as Kubernetes or systemd that start it again).
+// Package platform holds the Restarters, which carry out a restart the agent
+// has decided and prepared (lease held, worker drained): heroku (the Platform
+// API restarts the dyno), local (restart the worker in place) and exit (stop
+// the worker and exit, for supervisors such as Kubernetes or systemd that
+// start it again). The agent's Next tells it what follows.
 package platform
 
 import (
@@ -12,35 +14,35 @@ import (
 	"github.com/dynocycle/dynocycle/child"
 )
 
-// Worker is the supervised worker process as the restarters see it.
-type Worker interface {
-	Stop(ctx context.Context) (*child.ExitError, error)
+// Process is the supervised worker process as the restarters see it.
+type Process interface {
+	Stop(ctx context.Context) (*child.Exit, error)
 	Start() error
 }
 
-var _ Worker = (*child.Process)(nil)
+var _ Process = (*child.Process)(nil)
 
 // Local restarts the worker in place: stop (TERM, SHUTDOWN_WAIT, KILL), start.
 type Local struct {
-	Worker Worker
+	Process Process
 }
 
 var _ agent.Restarter = (*Local)(nil)
 
 // Restart stops and starts the worker; the agent keeps watching.
 func (l *Local) Restart(ctx context.Context, _ string) (agent.Next, error) {
-	if l.Worker == nil {
+	if l.Process == nil {
 		return agent.Exit, errors.New("local restart needs a worker command")
 	}
 	// The stop is never cut short: a signal arriving meanwhile must not turn
 	// a graceful stop into a KILL that loses the jobs in flight.
-	if _, err := l.Worker.Stop(context.WithoutCancel(ctx)); err != nil {
+	if _, err := l.Process.Stop(context.WithoutCancel(ctx)); err != nil {
 		return agent.Exit, fmt.Errorf("stop worker: %w", err)
 	}
 	if err := ctx.Err(); err != nil {
 		return agent.Exit, err // the agent is stopping: no new worker
 	}
-	if err := l.Worker.Start(); err != nil {
+	if err := l.Process.Start(); err != nil {
 		return agent.Exit, fmt.Errorf("start worker: %w", err)
 	}
 	return agent.Continue, nil
@@ -49,14 +51,10 @@ func (l *Local) Restart(ctx context.Context, _ string) (agent.Next, error) {
 // ExitRestarter stops the worker and lets the agent exit; the process
 // supervisor around dynocycle starts everything again.
 type ExitRestarter struct {
-	Worker Worker // nil when watching the whole machine
+	Process Process // nil when watching the whole machine
 }
 
-var (
-	_ agent.Restarter = (*ExitRestarter)(nil)
-	_ agent.Replacer  = (*ExitRestarter)(nil)
-	_ agent.Replacer  = (*Local)(nil)
-)
+var _ agent.Restarter = (*ExitRestarter)(nil)
 
 // ReplacesAgent is true: a new agent process carries on.
 func (e *ExitRestarter) ReplacesAgent() bool { return true }
@@ -66,8 +64,8 @@ func (l *Local) ReplacesAgent() bool { return false }
 
 // Restart stops the worker (if any) and tells the agent to exit.
 func (e *ExitRestarter) Restart(ctx context.Context, _ string) (agent.Next, error) {
-	if e.Worker != nil {
-		if _, err := e.Worker.Stop(context.WithoutCancel(ctx)); err != nil {
+	if e.Process != nil {
+		if _, err := e.Process.Stop(context.WithoutCancel(ctx)); err != nil {
 			return agent.Exit, fmt.Errorf("stop worker: %w", err)
 		}
 	}

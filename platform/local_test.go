@@ -26,7 +26,7 @@ func gone(pid int) bool { return errors.Is(syscall.Kill(-pid, 0), syscall.ESRCH)
 func TestLocalRestartsInPlace(t *testing.T) {
 	p := worker(t)
 	old := p.Pid()
-	next, err := (&Local{Worker: p}).Restart(context.Background(), "max_rss")
+	next, err := (&Local{Process: p}).Restart(context.Background(), "max_rss")
 	if err != nil || next != agent.Continue {
 		t.Fatalf("Restart = %v, %v", next, err)
 	}
@@ -40,7 +40,7 @@ func TestLocalStartsNothingWhenTheAgentIsStopping(t *testing.T) {
 	old := p.Pid()
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	next, err := (&Local{Worker: p}).Restart(ctx, "max_rss")
+	next, err := (&Local{Process: p}).Restart(ctx, "max_rss")
 	if err == nil || next != agent.Exit {
 		t.Fatalf("Restart = %v, %v; want Exit and an error", next, err)
 	}
@@ -51,7 +51,7 @@ func TestLocalStartsNothingWhenTheAgentIsStopping(t *testing.T) {
 
 func TestExitStopsTheWorker(t *testing.T) {
 	p := worker(t)
-	next, err := (&ExitRestarter{Worker: p}).Restart(context.Background(), "schedule")
+	next, err := (&ExitRestarter{Process: p}).Restart(context.Background(), "schedule")
 	if err != nil || next != agent.Exit {
 		t.Fatalf("Restart = %v, %v", next, err)
 	}

@@ -10,15 +10,6 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// The agent's own interfaces: sidekiq only has local copies, so that agent
-// may import it without a cycle.
-var (
-	_ agent.Worker           = (*sidekiq.Worker)(nil)
-	_ agent.JobWatcher       = (*sidekiq.Worker)(nil)
-	_ agent.GrowthAttributor = (*sidekiq.Worker)(nil)
-	_ sidekiq.Quieter        = agent.Worker(nil)
-)
-
 // How the agent wires a Worker: the Redis the app uses, the child's process
 // tree, and the signals worker as the fallback for a child that is not
 // Sidekiq.
@@ -27,7 +18,7 @@ func ExampleWorker() {
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("component", "sidekiq")
 	opts, _ := redis.ParseURL(os.Getenv("REDIS_URL"))
 	childTree := func() []int { return []int{os.Getpid()} } // e.g. meter.Tree(child.Pid())
-	var signals agent.Worker                                // e.g. &worker.Signals{...}
+	var signals agent.Quieter                               // e.g. &worker.Signals{...}
 
 	w := &sidekiq.Worker{
 		Reader:   &sidekiq.Reader{Client: redis.NewClient(opts), Logger: log},

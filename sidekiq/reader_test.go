@@ -12,7 +12,7 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-func newClient(t *testing.T, srv *testredis.Server) *redis.Client {
+func newClient(t testing.TB, srv *testredis.Server) *redis.Client {
 	t.Helper()
 	c := redis.NewClient(&redis.Options{Addr: srv.Addr()})
 	t.Cleanup(func() { c.Close() })
@@ -178,8 +178,8 @@ func TestReaderStats(t *testing.T) {
 	if err := WriteStatus(&out, procs, s); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"worker.1:15547:fbbc2af0baeb", "1/3", "quiet", "300MB", "ExportCsvJob",
-		"default", "(enqueued)", "(dead)", "of 100MB", "allkeys-lru", "WARNING: maxmemory-policy"} {
+	for _, want := range []string{"=== sidekiq: 1 processes, 1 of 3 threads busy", "worker.1:15547:fbbc2af0baeb: quiet, 1/3 busy, 300MB, queues default, running ExportCsvJob",
+		"=== queues: 4 enqueued, 2 scheduled, 1 retry, 3 dead", "default: 3", "of 100MB", "allkeys-lru", "WARNING: maxmemory-policy"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("status has no %q:\n%s", want, out.String())
 		}

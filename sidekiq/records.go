@@ -6,6 +6,10 @@
 // It understands Sidekiq 6.4 to 8.1: the `<identity>:workers` key of 6.4.0 and
 // 6.4.1, the `<identity>:work` key of later versions, the `concurrency` hash
 // field of 8.1.2+, and the key prefix of 6.x's redis-namespace.
+//
+// Worker fills four of the agent's ports (quiet and drain, job ends, growth
+// attribution, health); its Run loop, which reads the work hashes, is
+// started and stopped by the command beside the agent.
 package sidekiq
 
 import (
@@ -49,10 +53,6 @@ func ParseIdentity(s string) (Identity, error) {
 		return Identity{}, fmt.Errorf("parse identity %q: bad pid", s)
 	}
 	return Identity{Hostname: s[:i], PID: pid, Nonce: nonce}, nil
-}
-
-func (id Identity) String() string {
-	return id.Hostname + ":" + strconv.Itoa(id.PID) + ":" + id.Nonce
 }
 
 // ProcessHash holds the raw fields of a process hash `<identity>`, as read

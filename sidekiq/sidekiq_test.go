@@ -27,12 +27,13 @@ import (
 	"time"
 
 	"github.com/dynocycle/dynocycle/internal/testredis"
+	"github.com/dynocycle/dynocycle/internal/testutil"
 	"github.com/redis/go-redis/v9"
 )
 
 const testHost = "worker.1"
 
-func requireTool(t *testing.T, name string) string {
+func requireTool(t testing.TB, name string) string {
 	t.Helper()
 	p, err := exec.LookPath(name)
 	if err != nil {
@@ -70,8 +71,15 @@ func startSidekiq(t *testing.T, srv *testredis.Server, args ...string) *sidekiqP
 // startSidekiqOn starts Sidekiq as if on dyno (its DYNO).
 func startSidekiqOn(t *testing.T, srv *testredis.Server, dyno string, args ...string) *sidekiqProc {
 	t.Helper()
+	return startSidekiqApp(t, srv, dyno, "../examples/sidekiq/jobs.rb", nil, args...)
+}
+
+// startSidekiqApp starts Sidekiq requiring app, with env added to the
+// test app's environment.
+func startSidekiqApp(t testing.TB, srv *testredis.Server, dyno, app string, env []string, args ...string) *sidekiqProc {
+	t.Helper()
 	bin := requireTool(t, "sidekiq")
-	jobs, err := filepath.Abs("../examples/sidekiq/jobs.rb")
+	jobs, err := filepath.Abs(app)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,7 +89,7 @@ func startSidekiqOn(t *testing.T, srv *testredis.Server, dyno string, args ...st
 		t.Fatal(err)
 	}
 	cmd := exec.Command(bin, append([]string{"-r", jobs}, args...)...)
-	cmd.Env = appEnv(srv, dyno)
+	cmd.Env = append(appEnv(srv, dyno), env...)
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
@@ -146,7 +154,7 @@ func (p *sidekiqProc) output() string {
 	return strings.Join(keep, "\n")
 }
 
-func (p *sidekiqProc) stop(ctx context.Context, t *testing.T) {
+func (p *sidekiqProc) stop(ctx context.Context, t testing.TB) {
 	t.Helper()
 	if err := syscall.Kill(p.pid(), syscall.SIGTERM); err != nil {
 		t.Fatalf("TERM sidekiq: %v", err)
@@ -163,7 +171,7 @@ func (p *sidekiqProc) stop(ctx context.Context, t *testing.T) {
 
 // push enqueues a job the way Sidekiq::Client does: the queue in the queues
 // set, the job JSON LPUSHed to its list.
-func push(t *testing.T, c *redis.Client, class string, args ...any) string {
+func push(t testing.TB, c *redis.Client, class string, args ...any) string {
 	t.Helper()
 	b := make([]byte, 12)
 	_, _ = rand.Read(b)
@@ -230,7 +238,7 @@ func newRealWorker(t *testing.T, c *redis.Client, sk *sidekiqProc, sigs *signalL
 func waitRunning(ctx context.Context, t *testing.T, w *Worker, jid string) Work {
 	t.Helper()
 	var got Work
-	waitFor(ctx, t, "job "+jid+" in the work hash", func() bool {
+	testutil.Until(ctx, t, "job "+jid+" in the work hash", func() bool {
 		procs, err := w.Processes(ctx)
 		if err != nil {
 			t.Fatal(err)
@@ -259,7 +267,7 @@ func TestSidekiqFindQuietDrain(t *testing.T) {
 	defer cancel()
 
 	var procs []Process
-	waitFor(ctx, t, "sidekiq in redis", func() bool {
+	testutil.Until(ctx, t, "sidekiq in redis", func() bool {
 		var err error
 		procs, err = w.Processes(ctx)
 		if err != nil {
@@ -272,7 +280,7 @@ func TestSidekiqFindQuietDrain(t *testing.T) {
 		p.Concurrency != 2 || !slices.Equal(p.Queues, []string{"default", "low"}) || p.Quiet || p.RSSKiB <= 0 {
 		t.Fatalf("found %+v, want one process of pid %d, concurrency 2, queues default,low", procs, sk.pid())
 	}
-	if !w.Detected() {
+	if !knowsOwn(w) {
 		t.Error("not detected")
 	}
 	if ok, err := w.Healthy(ctx); !ok || err != nil {
@@ -356,7 +364,7 @@ func TestSidekiqHandsBackLongJob(t *testing.T) {
 	}
 
 	startSidekiq(t, srv, "-c", "1", "-t", "2", "-q", "default")
-	waitFor(ctx, t, "the handed-back job to complete", func() bool { return isDone(t, c, 2) })
+	testutil.Until(ctx, t, "the handed-back job to complete", func() bool { return isDone(t, c, 2) })
 	if n, _ := c.LLen(ctx, "queue:default").Result(); n != 0 {
 		t.Errorf("queue:default has %d jobs after the rerun", n)
 	}
@@ -390,7 +398,7 @@ func TestSidekiqBloatJob(t *testing.T) {
 	if wk := waitRunning(ctx, t, w, jid); wk.Class != "BloatJob" {
 		t.Fatalf("running %+v, want BloatJob", wk)
 	}
-	waitFor(ctx, t, "BloatJob counted as running by Run", func() bool { return runningClass(w, jid) == "BloatJob" })
+	testutil.Until(ctx, t, "BloatJob counted as running by Run", func() bool { return runningClass(w, jid) == "BloatJob" })
 	select {
 	case <-w.JobEnded():
 	case <-ctx.Done():
@@ -425,27 +433,36 @@ func TestSidekiqSwarm(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 
-	waitFor(ctx, t, "all three processes in redis", func() bool {
+	testutil.Until(ctx, t, "all three processes in redis", func() bool {
 		all, err := w.Reader.Processes(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
 		return len(all) == 3
 	})
-	peers, err := w.LivePeers(ctx, nil)
-	if err != nil {
-		t.Fatal(err)
+	// Processes of another host are never the child's.
+	peerOf := func() (Process, bool) {
+		all, err := w.Reader.Processes(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range all {
+			if p.Hostname == "worker.2" {
+				return p, true
+			}
+		}
+		return Process{}, false
 	}
-	if len(peers) != 1 || peers[0].PID != peer.pid() || peers[0].Hostname != "worker.2" {
-		t.Fatalf("live peers = %+v, want the worker.2 process %d", peers, peer.pid())
+	if p, ok := peerOf(); !ok || p.PID != peer.pid() || p.Quiet {
+		t.Fatalf("peer = %+v, want the worker.2 process %d, running", p, peer.pid())
 	}
 	// The peer is quiet here: it must not take the jobs meant for a and b.
 	if err := syscall.Kill(peer.pid(), syscall.SIGTSTP); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(ctx, t, "the peer to report quiet", func() bool {
-		peers, err := w.LivePeers(ctx, nil)
-		return err == nil && len(peers) == 0
+	testutil.Until(ctx, t, "the peer to report quiet", func() bool {
+		p, ok := peerOf()
+		return ok && p.Quiet
 	})
 
 	j1, j2 := push(t, c, "SlowJob", 11, 6), push(t, c, "SlowJob", 12, 6)

@@ -4,7 +4,9 @@ import (
 	"fmt"
 	"io"
 	"strings"
-	"text/tabwriter"
+
+	"github.com/dynocycle/dynocycle/internal/bytesize"
+	"github.com/dynocycle/dynocycle/internal/termtext"
 )
 
 // Status is the Sidekiq side of `dynocycle status --json`.
@@ -13,44 +15,49 @@ type Status struct {
 	Stats     Stats     `json:"stats"`
 }
 
-// WriteStatus writes the Sidekiq side of `dynocycle status` as a table:
-// processes, queue sizes, the scheduled/retry/dead sets and Redis memory.
+// WriteStatus writes the Sidekiq side of `dynocycle status` the way
+// `heroku ps` writes dynos: processes, queue sizes, the scheduled/retry/dead
+// sets and Redis memory. Every value read from Redis is cut and escaped
+// (termtext.Cell): one record must not flood the terminal.
 func WriteStatus(w io.Writer, procs []Process, stats Stats) error {
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "SIDEKIQ PROCESS\tBUSY\tSTATE\tRSS\tQUEUES\tRUNNING")
-	if len(procs) == 0 {
-		fmt.Fprintln(tw, "(none)\t\t\t\t\t")
+	var b strings.Builder
+	busy, threads := 0, 0
+	for _, p := range procs {
+		busy += p.Busy
+		threads += p.Concurrency
 	}
+	fmt.Fprintf(&b, "=== sidekiq: %d processes, %d of %d threads busy\n", len(procs), busy, threads)
 	for _, p := range procs {
 		state := "running"
 		if p.Quiet {
 			state = "quiet"
 		}
-		var running []string
-		for _, wk := range p.Work {
-			running = append(running, wk.Class)
+		fmt.Fprintf(&b, "%s: %s, %d/%d busy, %s", cell(p.ID), state, p.Busy, p.Concurrency, bytesize.Human(uint64(max(p.RSSKiB*1024, 0))))
+		if len(p.Queues) > 0 {
+			fmt.Fprintf(&b, ", queues %s", cell(strings.Join(p.Queues, ",")))
 		}
-		fmt.Fprintf(tw, "%s\t%d/%d\t%s\t%s\t%s\t%s\n", p.ID, p.Busy, p.Concurrency, state,
-			formatBytes(p.RSSKiB*1024), strings.Join(p.Queues, ","), strings.Join(running, ","))
+		if len(p.Work) > 0 {
+			running := make([]string, len(p.Work))
+			for i, wk := range p.Work {
+				running[i] = wk.Class
+			}
+			fmt.Fprintf(&b, ", running %s", cell(strings.Join(running, ",")))
+		}
+		b.WriteString("\n")
 	}
-	fmt.Fprintln(tw)
-	fmt.Fprintln(tw, "QUEUE\tSIZE")
+	fmt.Fprintf(&b, "\n=== queues: %d enqueued, %d scheduled, %d retry, %d dead\n", stats.Enqueued, stats.Scheduled, stats.Retry, stats.Dead)
 	for _, q := range stats.Queues {
-		fmt.Fprintf(tw, "%s\t%d\n", q.Name, q.Size)
+		fmt.Fprintf(&b, "%s: %d\n", cell(q.Name), q.Size)
 	}
-	fmt.Fprintf(tw, "(enqueued)\t%d\n", stats.Enqueued)
-	fmt.Fprintf(tw, "(scheduled)\t%d\n", stats.Scheduled)
-	fmt.Fprintf(tw, "(retry)\t%d\n", stats.Retry)
-	fmt.Fprintf(tw, "(dead)\t%d\n", stats.Dead)
-	if err := tw.Flush(); err != nil {
+	if _, err := io.WriteString(w, b.String()); err != nil {
 		return fmt.Errorf("write sidekiq status: %w", err)
 	}
 	m := stats.Redis
 	limit := "no maxmemory"
 	if m.MaxBytes > 0 {
-		limit = fmt.Sprintf("of %s (%.0f%%)", formatBytes(m.MaxBytes), 100*float64(m.UsedBytes)/float64(m.MaxBytes))
+		limit = fmt.Sprintf("of %s (%.0f%%)", bytesize.Human(uint64(max(m.MaxBytes, 0))), 100*float64(m.UsedBytes)/float64(m.MaxBytes))
 	}
-	if _, err := fmt.Fprintf(w, "\nredis memory: %s used %s, policy %s\n", formatBytes(m.UsedBytes), limit, m.Policy); err != nil {
+	if _, err := fmt.Fprintf(w, "\nredis memory: %s used %s, policy %s\n", bytesize.Human(uint64(max(m.UsedBytes, 0))), limit, cell(m.Policy)); err != nil {
 		return fmt.Errorf("write sidekiq status: %w", err)
 	}
 	if m.Warning != "" {
@@ -61,14 +68,4 @@ func WriteStatus(w io.Writer, procs []Process, stats Stats) error {
 	return nil
 }
 
-func formatBytes(b int64) string {
-	const mb = 1 << 20
-	switch {
-	case b >= 1<<30:
-		return fmt.Sprintf("%.1fGB", float64(b)/(1<<30))
-	case b >= mb:
-		return fmt.Sprintf("%dMB", b/mb)
-	default:
-		return fmt.Sprintf("%dKB", b/1024)
-	}
-}
+func cell(s string) string { return termtext.Cell(s, termtext.MaxCell) }

@@ -14,25 +14,17 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/dynocycle/dynocycle/agent"
 	"github.com/dynocycle/dynocycle/heartbeat"
+	"github.com/dynocycle/dynocycle/jobevents"
 )
 
-// Quieter quiets and drains a worker. It is agent.Worker, copied here so
-// that this package never imports agent (agent may come to import it).
-type Quieter interface {
-	Quiet(ctx context.Context) error
-	Drain(ctx context.Context) error
-}
-
-// Compile-time checks against local copies of the agent's interfaces; the
-// tests check against agent's own.
+// The worker's capabilities, as the agent's ports name them.
 var (
-	_ Quieter                                 = (*Worker)(nil)
-	_ interface{ JobEnded() <-chan struct{} } = (*Worker)(nil)
-	_ interface{ Attribute(int64) }           = (*Worker)(nil)
-	_ interface {
-		TopJobs(int) []heartbeat.JobGrowth
-	} = (*Worker)(nil)
+	_ agent.Quieter          = (*Worker)(nil)
+	_ agent.JobWatcher       = (*Worker)(nil)
+	_ agent.GrowthAttributor = (*Worker)(nil)
+	_ agent.HealthChecker    = (*Worker)(nil)
 )
 
 // ErrNotFound is returned by Quiet and Drain when no Sidekiq process of the
@@ -48,13 +40,32 @@ const (
 	// and when this child's processes are already known.
 	rescanIdle  = 5 * time.Second
 	rescanKnown = 30 * time.Second
-	// staleBeat is how old a beat may be for a peer to count as live: more
-	// than two missed beats at 7.x/8.x's 10 s cadence.
-	staleBeat = 30 * time.Second
 	// drainedBeats is how many consecutive distinct beats must show a quiet,
 	// idle process: one beat can race with a job fetched just before quiet.
 	drainedBeats = 2
+	// eventsSettle is how long after a process's quiet line its zero jobs
+	// in flight are believed. Sidekiq fires :quiet once every processor has
+	// stopped fetching, but a processor that had just fetched a job before
+	// has yet to enter the middleware and report its start: a few
+	// instructions, which a thread may wait for the GVL to run (Ruby's
+	// timeslice is 100 ms). Two timeslices.
+	eventsSettle = 200 * time.Millisecond
+	// eventsTick is how often a drain with events looks at them between
+	// their changes (the settle period ends without an event).
+	eventsTick = 50 * time.Millisecond
 )
+
+// EventSource is what the worker reports itself about its jobs
+// (jobevents.Listener): exact and immediate where the heartbeats lag by a
+// beat, but only for the processes whose events are live.
+type EventSource interface {
+	Proc(pid int) (jobevents.Proc, bool)
+	Changed() <-chan struct{}
+	JobEnded() <-chan struct{}
+	TakeInterval() (classes []string, runs map[string]int)
+}
+
+var _ EventSource = (*jobevents.Listener)(nil)
 
 // Worker is the Sidekiq side of the agent: it finds the Sidekiq processes of
 // the supervised child in Redis, quiets them with SIGTSTP, waits until they
@@ -74,7 +85,11 @@ type Worker struct {
 	Signal func(pid int, sig syscall.Signal) error
 	// Fallback quiets and drains the child when no Sidekiq process of it is
 	// found (the child is not Sidekiq). Nil: ErrNotFound.
-	Fallback     Quieter
+	Fallback agent.Quieter
+	// Events, when set, are the job events of the gem's middleware: the
+	// worker prefers them, process by process, whenever they are live, and
+	// reads the heartbeats otherwise.
+	Events       EventSource
 	Logger       *slog.Logger
 	Now          func() time.Time
 	PollInterval time.Duration // default 1s
@@ -83,11 +98,11 @@ type Worker struct {
 	ended    chan struct{}
 
 	mu           sync.Mutex
-	detected     bool
 	known        []Process // this child's processes at the last scan
 	knownPIDs    []int     // PIDs() at the last scan
 	scannedAt    time.Time
 	quieted      []Process // what Quiet signalled; nil before Quiet
+	quietAt      time.Time // when Quiet signalled them
 	usedFallback bool
 	running      map[string]string // jid -> class at the last read
 	interval     map[string]bool   // classes seen running since the last Attribute
@@ -158,14 +173,6 @@ func (w *Worker) pollInterval() time.Duration {
 	return defaultPollInterval
 }
 
-// Detected reports whether a Sidekiq process of the child has been seen, so
-// the caller can log the worker kind.
-func (w *Worker) Detected() bool {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.detected
-}
-
 // Processes returns the child's Sidekiq processes: identity hostname equal
 // to Hostname, pid among PIDs() (the pid in info must agree, see
 // ParseProcess). A swarm gives several. When Redis still lists an older
@@ -180,9 +187,6 @@ func (w *Worker) Processes(ctx context.Context) ([]Process, error) {
 	own := w.filterOwn(all, pids)
 	w.mu.Lock()
 	w.known, w.knownPIDs, w.scannedAt = own, pids, w.now()
-	if len(own) > 0 {
-		w.detected = true
-	}
 	w.mu.Unlock()
 	return own, nil
 }
@@ -218,6 +222,9 @@ func newer(a, b Process) bool {
 // one of its processes found, none quiet. The agent uses it to confirm a
 // restart before it releases its restart lease.
 func (w *Worker) Healthy(ctx context.Context) (bool, error) {
+	if w.eventsHealthy() {
+		return true, nil
+	}
 	procs, err := w.Processes(ctx)
 	if err != nil {
 		return false, err
@@ -228,6 +235,44 @@ func (w *Worker) Healthy(ctx context.Context) (bool, error) {
 		}
 	}
 	return len(procs) > 0, nil
+}
+
+// eventsHealthy: a process of the child reports its jobs and is not quiet.
+// The middleware says hello at Sidekiq's startup, so this confirms a restart
+// without waiting for a heartbeat.
+func (w *Worker) eventsHealthy() bool {
+	if w.Events == nil {
+		return false
+	}
+	for _, pid := range w.pids() {
+		if p, ok := w.Events.Proc(pid); ok && p.Live && p.QuietAt.IsZero() {
+			return true
+		}
+	}
+	return false
+}
+
+// eventsLive reports whether a process of the child reports its jobs: its
+// events then replace the heartbeats for attribution and job ends.
+func (w *Worker) eventsLive() bool {
+	if w.Events == nil {
+		return false
+	}
+	for _, pid := range w.pids() {
+		if p, ok := w.Events.Proc(pid); ok && p.Live {
+			return true
+		}
+	}
+	return false
+}
+
+// liveProc is the events of pid when they are live.
+func (w *Worker) liveProc(pid int) (jobevents.Proc, bool) {
+	if w.Events == nil {
+		return jobevents.Proc{}, false
+	}
+	p, ok := w.Events.Proc(pid)
+	return p, ok && p.Live
 }
 
 // Quiet sends SIGTSTP to each Sidekiq process of the child: Sidekiq stops
@@ -270,6 +315,8 @@ func (w *Worker) Quiet(ctx context.Context) error {
 		return w.Fallback.Quiet(ctx)
 	}
 	var errs []error
+	// Before the signals: a process's quiet line may come back at once.
+	sentAt := w.now()
 	for _, p := range procs {
 		err := w.signal(p.PID, syscall.SIGTSTP)
 		switch {
@@ -278,26 +325,36 @@ func (w *Worker) Quiet(ctx context.Context) error {
 		case err != nil:
 			errs = append(errs, fmt.Errorf("quiet %s: %w", p.ID, err))
 		default:
-			w.logger().Info("quieted sidekiq", "identity", p.ID, "pid", p.PID, "busy", p.Busy)
+			// The true count when the process reports its jobs; else its
+			// last heartbeat's.
+			if ev, ok := w.liveProc(p.PID); ok {
+				w.logger().Info("quieted sidekiq", "identity", p.ID, "pid", p.PID, "busy", ev.InFlight, "jobs", strings.Join(ev.Jobs, ","), "source", "events")
+			} else {
+				w.logger().Info("quieted sidekiq", "identity", p.ID, "pid", p.PID, "busy", p.Busy, "source", "heartbeat")
+			}
 		}
 	}
 	w.mu.Lock()
-	w.quieted, w.usedFallback = procs, false
+	w.quieted, w.usedFallback, w.quietAt = procs, false, sentAt
 	w.mu.Unlock()
 	return errors.Join(errs...)
 }
 
-// drainState follows one process through its heartbeats.
+// drainState follows one process through its heartbeats and its events.
 type drainState struct {
 	beat  time.Time
 	clean int // consecutive distinct beats that were quiet and idle
 	done  bool
+	last  Process // the last read of its records
+	read  bool    // last is set
 }
 
-// observe records a read of the process and reports whether it is drained:
-// quiet, busy 0 and no work hash on drainedBeats consecutive distinct beats.
-// Repeated reads of the same beat count once.
+// observe records a read of the process and reports whether its
+// heartbeats say it is drained: quiet, busy 0 and no work hash on
+// drainedBeats consecutive distinct beats. Repeated reads of the same beat
+// count once.
 func (s *drainState) observe(p Process) bool {
+	s.last, s.read = p, true
 	if !p.Beat.Equal(s.beat) {
 		s.beat = p.Beat
 		if p.Quiet && p.Busy == 0 && p.rawWork == 0 {
@@ -310,12 +367,49 @@ func (s *drainState) observe(p Process) bool {
 	return s.done
 }
 
-// Drain waits until every process Quiet signalled is drained (see
-// drainState) or has exited. It returns nil only then, and an error
-// wrapping ctx.Err() when ctx ends first (GRACE_TIME passed).
+// eventsDrained is the drain by events: the process reports its jobs
+// (live: nothing lost), said it quiet after quietAt at least eventsSettle
+// ago, and has no job in flight. It returns when that became true, for the
+// caller to read the heartbeats once more after it.
+func eventsDrained(ev jobevents.Proc, live bool, quietAt, now time.Time) (time.Time, bool) {
+	if !live || ev.InFlight > 0 || ev.QuietAt.IsZero() || ev.QuietAt.Before(quietAt) {
+		return time.Time{}, false
+	}
+	settled := ev.QuietAt.Add(eventsSettle)
+	if now.Before(settled) {
+		return time.Time{}, false
+	}
+	if ev.LastEvent.After(settled) {
+		return ev.LastEvent, true
+	}
+	return settled, true
+}
+
+// drained decides one process from both sources, so that neither can end a
+// drain while the other shows a job running:
+//   - by events (eventsDrained), unless a heartbeat newer than the last
+//     event shows a job (Sidekiq counts a job busy a little longer than the
+//     middleware runs; an older beat is stale);
+//   - by heartbeats (drainState), unless live events show a job in flight.
+//
+// Without live events it is today's heartbeat rule alone.
+func drained(s *drainState, ev jobevents.Proc, live bool, quietAt, now time.Time) bool {
+	if _, ok := eventsDrained(ev, live, quietAt, now); ok {
+		if !s.read || !s.last.Beat.After(ev.LastEvent) || (s.last.Busy == 0 && s.last.rawWork == 0) {
+			return true
+		}
+	}
+	return s.done && !(live && ev.InFlight > 0)
+}
+
+// Drain waits until every process Quiet signalled is drained (see drained)
+// or has exited. It returns nil only then, and an error wrapping ctx.Err()
+// when ctx ends first (GRACE_TIME passed). With events it looks at them
+// whenever they change and reads the heartbeats once more when they say
+// drained; without, it reads the heartbeats every PollInterval.
 func (w *Worker) Drain(ctx context.Context) error {
 	w.mu.Lock()
-	procs, fallback := w.quieted, w.usedFallback
+	procs, fallback, quietAt := w.quieted, w.usedFallback, w.quietAt
 	w.mu.Unlock()
 	if fallback {
 		if w.Fallback == nil {
@@ -341,24 +435,46 @@ func (w *Worker) Drain(ctx context.Context) error {
 	for _, p := range procs {
 		states[p.ID] = &drainState{}
 	}
-	t := time.NewTicker(w.pollInterval())
-	defer t.Stop()
-	var lastProgress time.Time
+	poll := time.NewTicker(w.pollInterval())
+	defer poll.Stop()
+	var tick <-chan time.Time
+	var changed <-chan struct{}
+	if w.Events != nil {
+		t := time.NewTicker(eventsTick)
+		defer t.Stop()
+		tick, changed = t.C, w.Events.Changed()
+	}
+	var lastProgress, lastRead time.Time
+	var readErr error
 	for {
-		busy, jobs, err := w.drainPoll(ctx, procs, states)
-		if w.polled != nil {
+		now := w.now()
+		// Read the heartbeats at each poll, and once more after the events
+		// say a process is drained.
+		read := lastRead.IsZero() || now.Sub(lastRead) >= w.pollInterval()
+		for _, p := range procs {
+			ev, live := w.liveProc(p.PID)
+			if at, ok := eventsDrained(ev, live, quietAt, now); ok && !at.Before(lastRead) {
+				read = true
+			}
+		}
+		if read {
+			readErr = w.drainRead(ctx, procs, states)
+			lastRead = now
+			if readErr != nil && ctx.Err() == nil {
+				w.logError("drain: read sidekiq", readErr)
+			}
+		}
+		busy, jobs, source := w.drainJudge(procs, states, quietAt, now)
+		if w.polled != nil && read {
 			w.polled()
 		}
-		switch {
-		case err != nil && ctx.Err() == nil:
-			w.logError("drain: read sidekiq", err)
-		case err == nil && busy < 0:
-			log.Info("sidekiq drained", "processes", len(procs))
+		if busy < 0 {
+			log.Info("sidekiq drained", "processes", len(procs), "source", source)
 			return nil
 		}
-		if now := w.now(); err == nil && now.Sub(lastProgress) >= progressEvery {
+		if now.Sub(lastProgress) >= progressEvery {
 			lastProgress = now
-			args := []any{"busy", busy, "jobs", strings.Join(jobs, ",")}
+			args := []any{"busy", busy, "jobs", strings.Join(jobs, ","), "source", source}
 			if dl, ok := ctx.Deadline(); ok {
 				args = append(args, "seconds_left", int(dl.Sub(now).Seconds()))
 			}
@@ -367,52 +483,86 @@ func (w *Worker) Drain(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("drain: %d jobs still running: %w", max(busy, 0), ctx.Err())
-		case <-t.C:
+		case <-poll.C:
+		case <-tick:
+		case <-changed:
 		}
 	}
 }
 
-// drainPoll reads the processes not yet drained and updates their state. It
-// returns busy = -1 when all are drained, else the busy count of the last
-// beats and the running job classes.
-func (w *Worker) drainPoll(ctx context.Context, procs []Process, states map[string]*drainState) (busy int, jobs []string, err error) {
+// drainRead reads the records of the live processes not yet drained by
+// their heartbeats and feeds their states. A live process whose hash is
+// gone (a flushed Redis) cannot be judged by heartbeats; its events may.
+func (w *Worker) drainRead(ctx context.Context, procs []Process, states map[string]*drainState) error {
 	var ids []string
 	for _, p := range procs {
-		s := states[p.ID]
-		if s.done {
-			continue
+		if !states[p.ID].done && w.alive(p.PID) {
+			ids = append(ids, p.ID)
 		}
-		if !w.alive(p.PID) {
-			w.logger().Debug("sidekiq process exited while draining", "identity", p.ID, "pid", p.PID)
-			s.done = true
-			continue
-		}
-		ids = append(ids, p.ID)
 	}
 	if len(ids) == 0 {
-		return -1, nil, nil
+		return nil
 	}
 	got, err := w.Reader.Read(ctx, ids)
 	if err != nil {
-		return 0, nil, err
+		return err
 	}
-	pending := len(ids)
 	for _, p := range got {
-		if states[p.ID].observe(p) {
-			pending--
+		states[p.ID].observe(p)
+	}
+	return nil
+}
+
+// drainJudge returns busy = -1 when every process is drained or has
+// exited, else the jobs running (the true count where events are live,
+// else the last beats'), their classes, and which source the count is
+// from: events, heartbeat or both.
+func (w *Worker) drainJudge(procs []Process, states map[string]*drainState, quietAt, now time.Time) (busy int, jobs []string, source string) {
+	pending := 0
+	var byEvents, byBeats bool
+	for _, p := range procs {
+		s := states[p.ID]
+		if !w.alive(p.PID) {
+			if !s.done {
+				w.logger().Debug("sidekiq process exited while draining", "identity", p.ID, "pid", p.PID)
+			}
+			s.done = true
 			continue
 		}
-		busy += max(p.Busy, p.rawWork)
-		for _, wk := range p.Work {
-			jobs = append(jobs, wk.Class)
+		ev, live := w.liveProc(p.PID)
+		if live {
+			byEvents = true
+		} else {
+			byBeats = true
+		}
+		if drained(s, ev, live, quietAt, now) {
+			continue
+		}
+		pending++
+		if live {
+			busy += ev.InFlight
+			jobs = append(jobs, ev.Jobs...)
+			continue
+		}
+		if s.read {
+			busy += max(s.last.Busy, s.last.rawWork)
+			for _, wk := range s.last.Work {
+				jobs = append(jobs, wk.Class)
+			}
 		}
 	}
-	if pending == 0 {
-		return -1, nil, nil
+	switch {
+	case byEvents && byBeats:
+		source = "events+heartbeat"
+	case byEvents:
+		source = "events"
+	default:
+		source = "heartbeat"
 	}
-	// A live process whose hash is gone (a flushed Redis) cannot be judged;
-	// it stays pending until it exits or ctx ends.
-	return busy, jobs, nil
+	if pending == 0 {
+		return -1, nil, source
+	}
+	return busy, jobs, source
 }
 
 // alive reports whether pid is still a live process of the child: in the
@@ -458,7 +608,9 @@ func (w *Worker) logError(msg string, err error) {
 // work hash of one of the child's processes, or its process went away.
 // Sidekiq writes the work hash at each heartbeat, so this lags the job's end
 // by up to one beat (5 s on 6.x, 10 s from 7.0), and a job shorter than a
-// beat may never be seen at all.
+// beat may never be seen at all. With Events, it is also signalled the
+// moment a job ends (coalesced by the events' MinSampleGap); while they are
+// live the heartbeats' ends are left out.
 func (w *Worker) JobEnded() <-chan struct{} {
 	w.init()
 	return w.ended
@@ -472,6 +624,10 @@ func (w *Worker) Run(ctx context.Context) error {
 	w.init()
 	t := time.NewTicker(w.pollInterval())
 	defer t.Stop()
+	var evEnded <-chan struct{}
+	if w.Events != nil {
+		evEnded = w.Events.JobEnded()
+	}
 	for {
 		if procs, err := w.current(ctx); err != nil {
 			if ctx.Err() == nil {
@@ -484,11 +640,23 @@ func (w *Worker) Run(ctx context.Context) error {
 			}
 			w.observe(works)
 		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
+		for waiting := true; waiting; {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-t.C:
+				waiting = false
+			case <-evEnded:
+				w.signalEnded()
+			}
 		}
+	}
+}
+
+func (w *Worker) signalEnded() {
+	select {
+	case w.ended <- struct{}{}:
+	default:
 	}
 }
 
@@ -539,13 +707,16 @@ func sameInts(a, b []int) bool {
 
 // observe takes the jobs running now. A jid seen for the first time counts
 // as a run of its class; a jid gone since the last read means a job ended.
+// While the events are live they count the runs and tell the ends, exactly:
+// the heartbeats' view is only kept up to date, for when they are not.
 func (w *Worker) observe(works []Work) {
 	w.init()
+	live := w.eventsLive()
 	w.mu.Lock()
 	cur := make(map[string]string, len(works))
 	for _, wk := range works {
 		cur[wk.JID] = wk.Class
-		if _, ok := w.running[wk.JID]; !ok {
+		if _, ok := w.running[wk.JID]; !ok && !live {
 			w.class(wk.Class).Runs++
 		}
 		w.interval[wk.Class] = true
@@ -558,11 +729,8 @@ func (w *Worker) observe(works []Work) {
 	}
 	w.running = cur
 	w.mu.Unlock()
-	if ended {
-		select {
-		case w.ended <- struct{}{}:
-		default:
-		}
+	if ended && !live {
+		w.signalEnded()
 	}
 }
 
@@ -583,13 +751,30 @@ func (w *Worker) class(name string) *heartbeat.JobGrowth {
 // (waiting on an API) would if running time did. Over many intervals the
 // class present whenever memory grows collects the growth. A delta <= 0 is
 // not growth (the heap does not shrink back in steps) and is dropped.
+//
+// With live events the classes are exactly those that ran in the interval
+// (a job shorter than a beat included), and each run is counted: with a
+// sample right after each job end, the growth goes to the job that just ran.
 func (w *Worker) Attribute(delta int64) {
 	w.init()
+	var evClasses []string
+	var evRuns map[string]int
+	live := w.eventsLive()
+	if w.Events != nil {
+		// Taken even when not live, so a stale interval never carries over.
+		evClasses, evRuns = w.Events.TakeInterval()
+	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	classes := make([]string, 0, len(w.interval))
 	for c := range w.interval {
 		classes = append(classes, c)
+	}
+	if live {
+		classes = evClasses
+		for c, n := range evRuns {
+			w.class(c).Runs += n
+		}
 	}
 	clear(w.interval)
 	for _, c := range w.running {
@@ -629,34 +814,4 @@ func (w *Worker) TopJobs(n int) []heartbeat.JobGrowth {
 		top = top[:max(n, 0)]
 	}
 	return top
-}
-
-// LivePeers returns the Sidekiq processes of other hosts that are live (a
-// beat within the last 30 s), not quiet, and serve at least one of queues,
-// for the peers rule. With no queues given, the queues of the child's own
-// processes are used; when those are unknown too, any queue counts.
-func (w *Worker) LivePeers(ctx context.Context, queues []string) ([]Process, error) {
-	all, err := w.Reader.Processes(ctx)
-	if err != nil {
-		return nil, err
-	}
-	host := w.hostname()
-	if len(queues) == 0 {
-		for _, p := range w.filterOwn(all, w.pids()) {
-			queues = append(queues, p.Queues...)
-		}
-	}
-	now := w.now()
-	var peers []Process
-	for _, p := range all {
-		// Processes on this host go down with it, so they are no peers.
-		if p.Hostname == host || p.Quiet || now.Sub(p.Beat) > staleBeat {
-			continue
-		}
-		if len(queues) > 0 && !slices.ContainsFunc(p.Queues, func(q string) bool { return slices.Contains(queues, q) }) {
-			continue
-		}
-		peers = append(peers, p)
-	}
-	return peers, nil
 }

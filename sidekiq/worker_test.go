@@ -13,6 +13,7 @@ import (
 
 	"github.com/dynocycle/dynocycle/heartbeat"
 	"github.com/dynocycle/dynocycle/internal/testredis"
+	"github.com/dynocycle/dynocycle/internal/testutil"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -100,7 +101,7 @@ func TestWorkerProcessesOwnOnly(t *testing.T) {
 	f.put(t, "worker.1:101:00000000swrm", state("worker.1:101:00000000swrm", 2000, `["default"]`, 0, 2100, false), nil)
 	f.put(t, "worker.1:999:000000notme", state("worker.1:999:000000notme", 2000, `["default"]`, 0, 2100, false), nil)
 	f.put(t, "worker.2:102:00otherhost", state("worker.2:102:00otherhost", 2000, `["default"]`, 0, 2100, false), nil)
-	if f.w.Detected() {
+	if knowsOwn(f.w) {
 		t.Fatal("detected before any read")
 	}
 	procs, err := f.w.Processes(context.Background())
@@ -114,7 +115,7 @@ func TestWorkerProcessesOwnOnly(t *testing.T) {
 	if want := []string{"worker.1:100:000000000new", "worker.1:101:00000000swrm"}; !slices.Equal(ids, want) {
 		t.Errorf("own processes = %v, want %v", ids, want)
 	}
-	if !f.w.Detected() {
+	if !knowsOwn(f.w) {
 		t.Error("not detected")
 	}
 	if ok, err := f.w.Healthy(context.Background()); !ok || err != nil {
@@ -304,8 +305,8 @@ func TestRunJobEnded(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	startRun(t, f.w)
-	waitFor(ctx, t, "job seen", func() bool { return runningClass(f.w, "j1") == "ExportCsvJob" })
-	if !f.w.Detected() {
+	testutil.Until(ctx, t, "job seen", func() bool { return runningClass(f.w, "j1") == "ExportCsvJob" })
+	if !knowsOwn(f.w) {
 		t.Error("not detected")
 	}
 	select {
@@ -357,49 +358,13 @@ func TestAttribute(t *testing.T) {
 	}
 }
 
-func TestLivePeers(t *testing.T) {
-	f := newFixture(t, 100)
-	now := time.Unix(2_000_000_000, 0)
-	f.w.Now = func() time.Time { return now }
-	fresh, stale := float64(now.Unix()-5), float64(now.Unix()-120)
-	for _, p := range []struct {
-		id     string
-		queues string
-		beat   float64
-		quiet  bool
-	}{
-		{"worker.1:100:000000000own", `["default","low"]`, fresh, false},
-		{"worker.1:555:0000samehost", `["default"]`, fresh, false},
-		{"worker.2:200:00000000peer", `["critical","default"]`, fresh, false},
-		{"worker.3:300:0000000quiet", `["default"]`, fresh, true},
-		{"worker.4:400:0000000stale", `["default"]`, stale, false},
-		{"worker.5:500:0000otherq", `["mailers"]`, fresh, false},
-		{"worker.6:600:00000lowonly", `["low"]`, fresh, false},
-	} {
-		f.put(t, p.id, state(p.id, 1, p.queues, 0, p.beat, p.quiet), nil)
-	}
-	ids := func(ps []Process) []string {
-		var s []string
-		for _, p := range ps {
-			s = append(s, p.ID)
-		}
-		return s
-	}
-	ctx := context.Background()
-	peers, err := f.w.LivePeers(ctx, nil) // the child's own queues: default, low
-	if err != nil {
-		t.Fatal(err)
-	}
-	if want := []string{"worker.2:200:00000000peer", "worker.6:600:00000lowonly"}; !slices.Equal(ids(peers), want) {
-		t.Errorf("peers = %v, want %v", ids(peers), want)
-	}
-	peers, _ = f.w.LivePeers(ctx, []string{"mailers"})
-	if want := []string{"worker.5:500:0000otherq"}; !slices.Equal(ids(peers), want) {
-		t.Errorf("mailers peers = %v, want %v", ids(peers), want)
-	}
+// knowsOwn reports whether the last scan found a Sidekiq process of the child.
+func knowsOwn(w *Worker) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.known) > 0
 }
 
-// runningClass is the class Run last saw running as jid.
 func runningClass(w *Worker, jid string) string {
 	w.init()
 	w.mu.Lock()
@@ -422,18 +387,4 @@ func startRun(t *testing.T, w *Worker) {
 		cancel()
 		<-done
 	})
-}
-
-// waitFor polls cond until it holds or ctx ends.
-func waitFor(ctx context.Context, t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		select {
-		case <-ctx.Done():
-			t.Fatalf("timed out waiting for %s", what)
-		case <-tick.C:
-		}
-	}
 }

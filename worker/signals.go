@@ -27,7 +27,7 @@ type Signals struct {
 	Logger      *slog.Logger
 }
 
-var _ agent.Worker = (*Signals)(nil)
+var _ agent.Quieter = (*Signals)(nil)
 
 // Quiet sends the quiet signal, if one is configured.
 func (s *Signals) Quiet(context.Context) error {

@@ -4,6 +4,8 @@
 #   bare        sidekiq alone
 #   dynocycle   dynocycle run -- sidekiq ...   (CHECK_SCHEDULE=@every 1s, WORKER=auto:
 #               the Sidekiq worker reading Redis, limit too high to restart)
+#   events      the same, with the gem's job events middleware (events_app.rb):
+#               a sample after every job end, coalesced to one per 25 ms
 #   ps_gc       sidekiq with a server middleware that after every job runs
 #               `ps -o rss= -p PID` and GC.start (rss_check_middleware.rb)
 #   proc        the same middleware reading /proc/self/status, no GC
@@ -75,8 +77,10 @@ run_one() {
   local sk=(sidekiq -c "$CONCURRENCY" -t 5 -q default)
   case $v in
     bare) cmd=(setsid "${sk[@]}" -r "$here/jobs.rb") ;;
-    dynocycle) cmd=(setsid env MAX_RSS=100GB "CHECK_SCHEDULE=@every 1s" PLATFORM=local WORKER=auto
+    dynocycle) cmd=(setsid env MAX_RSS=100GB "CHECK_SCHEDULE=@every 1s" PLATFORM=local WORKER=auto FLEET_SCOPE=bench
                     "$work/dynocycle" run -- "${sk[@]}" -r "$here/jobs.rb") ;;
+    events) cmd=(setsid env MAX_RSS=100GB "CHECK_SCHEDULE=@every 1s" PLATFORM=local WORKER=auto FLEET_SCOPE=bench
+                 "$work/dynocycle" run -- "${sk[@]}" -r "$here/events_app.rb") ;;
     ps_gc) cmd=(setsid "${sk[@]}" -r "$here/rss_check_middleware.rb") ;;
     proc) cmd=(setsid env RSS_CHECK=proc "${sk[@]}" -r "$here/rss_check_middleware.rb") ;;
     *) echo "unknown variant $v" >&2; exit 2 ;;
@@ -96,7 +100,7 @@ run_one() {
     sleep 0.2
   done
   local extra=""
-  if [ "$v" = dynocycle ]; then
+  if [ "$v" = dynocycle ] || [ "$v" = events ]; then
     # The agent's own CPU (not its child's) over its whole life so far.
     local ticks hz t1
     ticks=$(cpu_ticks "$worker_pid"); hz=$(getconf CLK_TCK); t1=$(date +%s.%N)

@@ -2,25 +2,20 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
-	"os/exec"
 	"os/signal"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"syscall"
-	"time"
 
 	"github.com/dynocycle/dynocycle/agent"
 	"github.com/dynocycle/dynocycle/child"
 	"github.com/dynocycle/dynocycle/config"
-	"github.com/dynocycle/dynocycle/heartbeat"
-	"github.com/dynocycle/dynocycle/memory"
-	"github.com/dynocycle/dynocycle/sidekiq"
 )
 
 // version is set at build time with -ldflags "-X main.version=v1.2.3".
@@ -32,19 +27,6 @@ const (
 	exitFail   = 1
 	exitConfig = 2
 )
-
-const usage = `dynocycle: restart bloated job workers gracefully, one dyno at a time
-
-usage:
-  dynocycle run [--] COMMAND [ARGS...]   run COMMAND and watch its memory
-  dynocycle run                          watch the whole dyno, act through the platform
-  dynocycle status [--json]              show the fleet (needs REDIS_URL or DATABASE_URL)
-  dynocycle check                        validate the configuration and print it
-  dynocycle version                      print the version
-
-Configuration comes from the environment (MAX_RSS, GRACE_TIME, ...; each
-also as DYNOCYCLE_<NAME>). See README.md.
-`
 
 // CLI is the dynocycle command line, runnable in-process by tests.
 type CLI struct {
@@ -59,22 +41,59 @@ func (c *CLI) Run(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		fmt.Fprint(stderr, usage)
 		return exitConfig
 	}
-	switch args[0] {
+	cmd, rest := args[0], args[1:]
+	switch cmd {
 	case "run":
-		return c.run(ctx, args[1:], stdout, stderr)
+		return c.run(ctx, rest, stdout, stderr)
 	case "check":
-		return c.check(stdout, stderr)
+		return c.check(rest, stdout, stderr)
 	case "status":
-		return c.status(ctx, args[1:], stdout, stderr)
+		return c.status(ctx, rest, stdout, stderr)
 	case "version", "--version", "-v":
+		switch {
+		case len(rest) > 0 && isHelp(rest[0]):
+			writeHelp(stdout, "version")
+			return exitOK
+		case len(rest) > 0:
+			return misuse(stderr, "version", fmt.Sprintf("unexpected argument %q", rest[0]), "")
+		}
 		fmt.Fprintln(stdout, "dynocycle", Version())
 		return exitOK
-	case "help", "--help", "-h":
+	case "help", "--help", "-h", "-help":
+		return c.help(rest, stdout, stderr)
+	}
+	if strings.HasPrefix(cmd, "-") {
+		suggestion := suggest(strings.TrimLeft(cmd, "-"), []string{"help", "version"})
+		if suggestion != "" {
+			suggestion = dashes(suggestion)
+		}
+		return misuse(stderr, "", "unknown flag "+cmd, suggestion)
+	}
+	suggestion := suggest(cmd, commandNames())
+	if suggestion != "" {
+		suggestion = strconv.Quote(suggestion)
+	}
+	return misuse(stderr, "", fmt.Sprintf("unknown command %q", cmd), suggestion)
+}
+
+func (c *CLI) help(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
 		fmt.Fprint(stdout, usage)
 		return exitOK
 	}
-	fmt.Fprintf(stderr, "dynocycle: unknown command %q\n\n%s", args[0], usage)
-	return exitConfig
+	if isHelp(args[0]) {
+		writeHelp(stdout, "help")
+		return exitOK
+	}
+	if _, ok := topics[args[0]]; !ok {
+		suggestion := suggest(args[0], commandNames())
+		if suggestion != "" {
+			suggestion = strconv.Quote(suggestion)
+		}
+		return misuse(stderr, "", fmt.Sprintf("unknown command %q", args[0]), suggestion)
+	}
+	writeHelp(stdout, args[0])
+	return exitOK
 }
 
 // Version is the build's version: the -ldflags value, else the module version.
@@ -88,51 +107,86 @@ func Version() string {
 	return "dev"
 }
 
-func (c *CLI) check(stdout, stderr io.Writer) int {
-	cfg, err := config.Load()
-	if err != nil {
-		fmt.Fprintln(stderr, "dynocycle: configuration error:\n"+indent(err.Error()))
-		return exitConfig
+func (c *CLI) check(args []string, stdout, stderr io.Writer) int {
+	command, help, err := commandArgs("check", args)
+	switch {
+	case help:
+		writeHelp(stdout, "check")
+		return exitOK
+	case err != nil:
+		return misuse(stderr, "check", err.Error(), suggestFlag(args[0]))
 	}
-	fmt.Fprintln(stdout, "# configuration is valid; effective values:")
-	cfg.Print(stdout)
-	meter, err := memory.New(memory.All, cfg.ProcRoot, cfg.CgroupRoot, nil)
-	if err == nil {
-		if limit, src := meter.Limit(); limit > 0 {
-			fmt.Fprintf(stdout, "# detected memory limit: %s (from %s)\n", config.FormatBytes(limit), src)
-			if max, ok := cfg.MaxRSS.Resolve(limit); ok {
-				fmt.Fprintf(stdout, "# MAX_RSS resolves to %s\n", config.FormatBytes(max))
-			}
+	p, err := validate(len(command) > 0)
+	if err != nil {
+		code, _ := configError(stderr, err)
+		return code
+	}
+	if len(command) > 0 {
+		if _, err := child.LookPath(command[0]); err != nil {
+			fmt.Fprintln(stderr, "dynocycle:", err)
+			return child.ExitCode(err) // 127 not found, 126 not executable
 		}
+	}
+	cfg := p.cfg
+	form := "dynocycle run (no worker command: the whole machine is watched)"
+	if len(command) > 0 {
+		form = "dynocycle run -- " + strings.Join(command, " ")
+	}
+	fmt.Fprintf(stdout, "# configuration is valid for %s; effective values:\n", form)
+	cfg.Print(stdout)
+	fmt.Fprintf(stdout, "# platform %s, memory source %s\n", p.platform, p.meter.Source)
+	fmt.Fprintf(stdout, "# %s\n", p.limits.describe(cfg))
+	if cfg.OneOff() {
+		fmt.Fprintf(stdout, "# DYNO=%s is a one-off dyno: there run only runs the command\n", cfg.Dyno)
 	}
 	return exitOK
 }
 
-func (c *CLI) run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	if len(args) > 0 && args[0] == "--" {
-		args = args[1:]
+// suggestFlag is "--help" when arg looks like a mistyped --help.
+func suggestFlag(arg string) string {
+	if s := suggest(strings.TrimLeft(arg, "-"), []string{"help"}); s != "" {
+		return "--help"
 	}
-	cfg, err := config.Load()
-	if err != nil {
-		fmt.Fprintln(stderr, "dynocycle: configuration error:\n"+indent(err.Error()))
-		return exitConfig
+	return ""
+}
+
+func (c *CLI) run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	command, help, err := commandArgs("run", args)
+	switch {
+	case help:
+		writeHelp(stdout, "run")
+		return exitOK
+	case err != nil:
+		return misuse(stderr, "run", err.Error()+" (to run a program whose name starts with -, put it after --)", suggestFlag(args[0]))
+	}
+	args = command
+	cfg, errs := config.Read()
+	if len(errs) > 0 || !cfg.OneOff() {
+		// One-off dynos only run their command; every other run is
+		// validated exactly as check validates it.
+		p, err := validate(len(args) > 0)
+		if err != nil {
+			code, _ := configError(stderr, err)
+			return code
+		}
+		cfg = p.cfg
 	}
 	log := newLogger(cfg, stderr)
 
 	var proc *child.Process
 	if len(args) > 0 {
-		path, err := exec.LookPath(args[0])
+		path, err := child.LookPath(args[0])
 		if err != nil {
-			fmt.Fprintf(stderr, "dynocycle: worker command %q not found: %v\n", args[0], err)
-			return 127
+			fmt.Fprintln(stderr, "dynocycle:", err)
+			return child.ExitCode(err) // 127 not found, 126 not executable
 		}
 		proc = &child.Process{
 			Path: path, Args: args[1:], Stdin: c.Stdin, Stdout: stdout, Stderr: stderr,
 			StopSignal: cfg.StopSignal.Sig, ShutdownWait: cfg.ShutdownWait.D(), Logger: log,
 		}
 	}
-	sigs := c.signals(ctx)
-	defer signal.Stop(sigs)
+	sigs, stopSignals := c.signals(ctx, log)
+	defer stopSignals()
 
 	if cfg.OneOff() {
 		// One-off, scheduler and release dynos end by themselves: just run.
@@ -140,27 +194,27 @@ func (c *CLI) run(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		return runPlain(proc, sigs, log)
 	}
 
-	a, cleanup, err := c.buildAgent(ctx, cfg, proc, log)
+	svc, err := c.buildAgent(ctx, cfg, proc, log)
 	if err != nil {
-		var ce *config.Error
-		if errors.As(err, &ce) {
-			fmt.Fprintln(stderr, "dynocycle: configuration error:\n"+indent(err.Error()))
-			return exitConfig
+		if code, ok := configError(stderr, err); ok {
+			return code
 		}
 		fmt.Fprintln(stderr, "dynocycle:", err)
 		return exitFail
 	}
-	defer cleanup()
-	a.Signals = sigs
+	defer svc.close()
+	svc.agent.Signals = sigs
 
 	if proc != nil {
 		if err := proc.Start(); err != nil {
 			fmt.Fprintln(stderr, "dynocycle:", err)
-			return 127
+			return child.ExitCode(err)
 		}
-		log.Info("worker started", "event", "worker_start", "dyno", a.Settings.Dyno, "pid", proc.Pid(), "command", args[0])
+		log.Info("worker started", "event", "worker_start", "dyno", svc.agent.Settings.Dyno, "pid", proc.Pid(), "command", args[0])
 	}
-	err = a.Run(context.WithoutCancel(ctx))
+	// The agent ends on a signal, not on ctx: signals turns the end of ctx
+	// into the SIGTERM the platform would send.
+	err = runService(context.WithoutCancel(ctx), svc)
 	var ee *agent.ExitError
 	if errors.As(err, &ee) {
 		if ee.Err != nil && ee.Code != 0 {
@@ -175,22 +229,21 @@ func (c *CLI) run(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	return exitOK
 }
 
-// signals delivers SIGTERM and SIGINT, and a SIGTERM when ctx ends, so an
-// in-process caller stops the agent the way the platform does.
-func (c *CLI) signals(ctx context.Context) chan os.Signal {
-	sigs := c.Signals
-	if sigs == nil {
-		sigs = make(chan os.Signal, 4)
-		signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+// signals delivers the signals the agent acts on (see agentSignal), and a
+// SIGTERM when ctx ends, so an in-process caller stops the agent the way the
+// platform does. Call stop when done.
+func (c *CLI) signals(ctx context.Context, log *slog.Logger) (sigs <-chan os.Signal, stop func()) {
+	in := c.Signals
+	unsubscribe := func() {}
+	if in == nil {
+		ch := make(chan os.Signal, 4)
+		signal.Notify(ch, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT)
+		in, unsubscribe = ch, func() { signal.Stop(ch) }
 	}
-	go func() {
-		<-ctx.Done()
-		select {
-		case sigs <- syscall.SIGTERM:
-		default:
-		}
-	}()
-	return sigs
+	out := make(chan os.Signal, 4)
+	done := make(chan struct{})
+	go relaySignals(ctx, in, out, done, log)
+	return out, func() { unsubscribe(); close(done) }
 }
 
 // runPlain runs the command with signal forwarding and nothing else.
@@ -200,7 +253,7 @@ func runPlain(proc *child.Process, sigs <-chan os.Signal, log *slog.Logger) int 
 	}
 	if err := proc.Start(); err != nil {
 		log.Error("start worker", "err", err)
-		return 127
+		return child.ExitCode(err)
 	}
 	for {
 		select {
@@ -238,72 +291,4 @@ func newLogger(cfg *config.Config, w io.Writer) *slog.Logger {
 
 func indent(s string) string {
 	return "  " + strings.ReplaceAll(s, "\n", "\n  ")
-}
-
-func (c *CLI) status(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	asJSON := false
-	for _, a := range args {
-		switch a {
-		case "--json", "-json":
-			asJSON = true
-		default:
-			fmt.Fprintf(stderr, "dynocycle status: unknown flag %q; accepted: --json\n", a)
-			return exitConfig
-		}
-	}
-	cfg, err := config.Load()
-	if err != nil {
-		fmt.Fprintln(stderr, "dynocycle: configuration error:\n"+indent(err.Error()))
-		return exitConfig
-	}
-	if cfg.Redis() == "" && cfg.ResolveFleetStore() != config.FleetPostgres {
-		fmt.Fprintln(stderr, "dynocycle status: REDIS_URL is not set; accepted: the Redis URL the agents use, or DATABASE_URL for a fleet in PostgreSQL (a standalone agent has no fleet to show)")
-		return exitConfig
-	}
-	log := newLogger(cfg, stderr)
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	if cfg.ResolveFleetStore() == config.FleetPostgres {
-		return statusPostgres(ctx, cfg, asJSON, stdout, stderr, log) // fleetstore.go
-	}
-	client, err := connectRedis(ctx, cfg, cfg.ResolvePlatform(true) == config.PlatformHeroku, log)
-	if err != nil {
-		fmt.Fprintln(stderr, "dynocycle: configuration error:\n"+indent(err.Error()))
-		return exitConfig
-	}
-	defer client.Close()
-	fleet := heartbeat.NewRedis(client, heartbeat.RedisOptions{App: appName(cfg), Slots: cfg.MaxConcurrentRestarts, Logger: log})
-	snap, err := fleet.Snapshot(ctx)
-	if err != nil {
-		fmt.Fprintln(stderr, "dynocycle status:", err)
-		return exitFail
-	}
-	reader := &sidekiq.Reader{Client: client, Namespace: cfg.SidekiqNamespace, Logger: log}
-	procs, perr := reader.Processes(ctx)
-	stats, serr := reader.Stats(ctx)
-	var sq *sidekiq.Status
-	if perr == nil && serr == nil && (len(procs) > 0 || len(stats.Queues) > 0) {
-		sq = &sidekiq.Status{Processes: procs, Stats: stats}
-	} else if perr != nil || serr != nil {
-		log.Warn("cannot read Sidekiq's records", "event", "status_sidekiq_failed", "err", errors.Join(perr, serr))
-	}
-	if asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		err = enc.Encode(struct {
-			Fleet   heartbeat.FleetStatus `json:"fleet"`
-			Sidekiq *sidekiq.Status       `json:"sidekiq,omitempty"`
-		}{snap, sq})
-	} else {
-		err = heartbeat.WriteTable(stdout, snap, time.Now())
-		if err == nil && sq != nil {
-			fmt.Fprintln(stdout)
-			err = sidekiq.WriteStatus(stdout, sq.Processes, sq.Stats)
-		}
-	}
-	if err != nil {
-		fmt.Fprintln(stderr, "dynocycle status:", err)
-		return exitFail
-	}
-	return exitOK
 }

@@ -1,15 +1,14 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"os"
 	"reflect"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/dynocycle/dynocycle/config"
+	"github.com/dynocycle/dynocycle/internal/testutil"
 )
 
 // cleanEnv unsets every variable dynocycle reads, for the test's duration.
@@ -25,28 +24,9 @@ func cleanEnv(t *testing.T) {
 	}
 }
 
-// lockedBuffer is written by the agent's logger and the worker's output
-// copier at once.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 func runCLI(t *testing.T, args ...string) (int, string, string) {
 	t.Helper()
-	var out, errOut lockedBuffer
+	var out, errOut testutil.Buffer
 	code := (&CLI{}).Run(context.Background(), args, &out, &errOut)
 	return code, out.String(), errOut.String()
 }
@@ -68,6 +48,7 @@ func TestCheckPrintsEffectiveConfigWithoutSecrets(t *testing.T) {
 	t.Setenv("MAX_RSS", "450MB")
 	t.Setenv("HEROKU_API_TOKEN", "HRKU-topsecret-token")
 	t.Setenv("REDIS_URL", "redis://:pw-secret@127.0.0.1:1/0")
+	t.Setenv("HEROKU_APP_NAME", "shop")
 	code, out, errOut := runCLI(t, "check")
 	if code != 0 {
 		t.Fatalf("check: %d %s", code, errOut)

@@ -9,39 +9,46 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/dynocycle/dynocycle/config"
 	"github.com/dynocycle/dynocycle/heartbeat"
 )
 
-// newPostgresFleet builds the fleet on DATABASE_URL with the same times as
-// the Redis fleet. It does not connect: the first call does, and a database
-// that cannot be reached then leaves the worker running.
+// newPostgresFleet builds the fleet on DATABASE_URL with the Redis fleet's
+// times (fleetOptions). It does not connect: the first call does, and a
+// database that cannot be reached then leaves the worker running.
 func newPostgresFleet(cfg *config.Config, dyno string, onHeroku bool, log *slog.Logger) (*heartbeat.Postgres, error) {
 	pc, err := heartbeat.PostgresConfig(heartbeat.PostgresConnectOptions{URL: string(cfg.DatabaseURL), OnHeroku: onHeroku, Logger: log})
 	if err != nil {
 		return nil, &config.Error{Var: "DATABASE_URL", Problem: err.Error(),
 			Accepted: "postgres://user:password@host:port/database, with libpq options such as ?sslmode=require"}
 	}
+	o := fleetOptions(cfg, dyno, log)
 	return heartbeat.NewPostgres(pc, heartbeat.PostgresOptions{
-		App: appName(cfg), Dyno: dyno, Slots: cfg.MaxConcurrentRestarts, MinHealthyPeers: cfg.MinHealthyPeers,
-		LeaseTTL: leaseTTL(cfg), PresenceTTL: presenceTTL(cfg), BootAllowance: cfg.BootAllowance.D(),
-		Settle: settle(cfg), Logger: log,
+		App: o.App, Dyno: o.Dyno, Slots: o.Slots, MinHealthyPeers: o.MinHealthyPeers, LeaseTTL: o.LeaseTTL,
+		PresenceTTL: o.PresenceTTL, BootAllowance: o.BootAllowance, Settle: o.Settle, Logger: o.Logger,
 	}), nil
 }
 
 // statusPostgres is `dynocycle status` for a fleet in PostgreSQL.
-func statusPostgres(ctx context.Context, cfg *config.Config, asJSON bool, stdout, stderr io.Writer, log *slog.Logger) int {
-	fleet, err := newPostgresFleet(cfg, "", cfg.ResolvePlatform(true) == config.PlatformHeroku, log)
+func statusPostgres(ctx context.Context, cfg *config.Config, app string, asJSON bool, stdout, stderr io.Writer, log *slog.Logger) int {
+	pc, err := heartbeat.PostgresConfig(heartbeat.PostgresConnectOptions{URL: string(cfg.DatabaseURL),
+		OnHeroku: cfg.ResolvePlatform(true) == config.PlatformHeroku, Logger: log})
 	if err != nil {
-		fmt.Fprintln(stderr, "dynocycle: configuration error:\n"+indent(err.Error()))
-		return exitConfig
+		code, _ := configError(stderr, &config.Error{Var: "DATABASE_URL", Problem: err.Error(),
+			Accepted: "postgres://user:password@host:port/database"})
+		return code
 	}
+	o := fleetOptions(cfg, "", log)
+	fleet := heartbeat.NewPostgres(pc, heartbeat.PostgresOptions{App: app, Slots: o.Slots, BootAllowance: o.BootAllowance,
+		Settle: o.Settle, Logger: log})
 	defer fleet.Close()
 	snap, err := fleet.Snapshot(ctx)
 	if err != nil {
-		fmt.Fprintln(stderr, "dynocycle status:", err)
+		fmt.Fprintf(stderr, "dynocycle status: cannot read the fleet from PostgreSQL at %s:%d: %s\n", pc.Host, pc.Port,
+			strings.ReplaceAll(err.Error(), "\n", "; "))
 		return exitFail
 	}
 	if asJSON {

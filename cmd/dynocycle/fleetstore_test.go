@@ -80,6 +80,16 @@ func TestStatusFromPostgres(t *testing.T) {
 }
 
 func TestRunPicksTheFleetStore(t *testing.T) {
+	// Fleet mode in PostgreSQL needs a scope, as with Redis.
+	cleanEnv(t)
+	t.Setenv("MAX_RSS", "1GB")
+	t.Setenv("PLATFORM", "local")
+	t.Setenv("DATABASE_URL", "postgres://u:pw@127.0.0.1:1/db")
+	if code, _, errOut := runCLI(t, "run", "--", "true"); code != 2 || !strings.Contains(errOut, "FLEET_SCOPE: missing: DATABASE_URL is set") ||
+		!strings.Contains(errOut, "FLEET_STORE=none") {
+		t.Errorf("postgres fleet without a scope: code %d, stderr %q; want 2 naming FLEET_SCOPE", code, errOut)
+	}
+
 	srv := testpg.Start(t)
 	for _, tc := range []struct {
 		env  map[string]string
@@ -92,6 +102,7 @@ func TestRunPicksTheFleetStore(t *testing.T) {
 		cleanEnv(t)
 		t.Setenv("MAX_RSS", "1GB")
 		t.Setenv("PLATFORM", "local")
+		t.Setenv("FLEET_SCOPE", "shop")
 		for k, v := range tc.env {
 			t.Setenv(k, v)
 		}

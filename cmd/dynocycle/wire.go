@@ -1,22 +1,31 @@
 package main
 
 // The wiring of the agent: which meter, worker, fleet and restarter the
-// configuration asks for.
+// configuration asks for, and every loop that runs beside the agent. Wiring
+// keeps concrete types, so assigning one to the agent's port is the
+// compile-time check that it fits.
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
 	"syscall"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/dynocycle/dynocycle/agent"
 	"github.com/dynocycle/dynocycle/child"
 	"github.com/dynocycle/dynocycle/config"
 	"github.com/dynocycle/dynocycle/heartbeat"
+	"github.com/dynocycle/dynocycle/internal/bytesize"
+	"github.com/dynocycle/dynocycle/jobevents"
 	"github.com/dynocycle/dynocycle/memory"
 	"github.com/dynocycle/dynocycle/metrics"
 	"github.com/dynocycle/dynocycle/platform"
@@ -24,14 +33,42 @@ import (
 	"github.com/dynocycle/dynocycle/worker"
 )
 
-func (c *CLI) buildAgent(ctx context.Context, cfg *config.Config, proc *child.Process, log *slog.Logger) (*agent.Agent, func(), error) {
+// service is the agent and the loops that run beside it (the Redis
+// subscriber, the Sidekiq reader, the metrics server), each a Run(ctx);
+// runService starts and stops them together. close frees what the wiring
+// opened, once every loop has ended.
+type service struct {
+	agent *agent.Agent
+	loops []func(context.Context) error
+	close func()
+}
+
+// runService runs the agent and its loops in one group: the first to end,
+// the agent included, stops the rest, and every loop is waited for. The
+// agent's own ending (a signal, the worker's exit, a restart that exits) is
+// its error, which the command turns into an exit code.
+func runService(ctx context.Context, svc *service) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		defer cancel()
+		return svc.agent.Run(ctx)
+	})
+	for _, run := range svc.loops {
+		g.Go(func() error { return run(ctx) })
+	}
+	return g.Wait()
+}
+
+func (c *CLI) buildAgent(ctx context.Context, cfg *config.Config, proc *child.Process, log *slog.Logger) (*service, error) {
 	var pid func() int // nil: no worker, the whole machine is measured
 	if proc != nil {
 		pid = proc.Pid
 	}
 	plat := cfg.ResolvePlatform(proc != nil)
 	if plat == config.PlatformLocal && proc == nil {
-		return nil, nil, &config.Error{Var: "PLATFORM", Value: "local", Problem: "restarting in place needs a worker command",
+		return nil, &config.Error{Var: "PLATFORM", Value: "local", Problem: "restarting in place needs a worker command",
 			Accepted: "dynocycle run -- COMMAND, or PLATFORM=exit or heroku"}
 	}
 
@@ -43,12 +80,12 @@ func (c *CLI) buildAgent(ctx context.Context, cfg *config.Config, proc *child.Pr
 		meter, err = memory.New(cfg.MemorySource, cfg.ProcRoot, cfg.CgroupRoot, pid)
 	}
 	if err != nil {
-		return nil, nil, &config.Error{Var: "MEMORY_SOURCE", Value: cfg.MemorySource, Problem: err.Error(),
+		return nil, &config.Error{Var: "MEMORY_SOURCE", Value: cfg.MemorySource, Problem: err.Error(),
 			Accepted: "auto, tree, pss, cgroup or all, readable on this machine"}
 	}
 	policy, limit, err := resolveLimits(cfg, meter, log)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 
 	dyno := cfg.Dyno
@@ -57,7 +94,7 @@ func (c *CLI) buildAgent(ctx context.Context, cfg *config.Config, proc *child.Pr
 	}
 	settings := agent.Settings{
 		Policy: policy, Limit: limit,
-		CheckSchedule: cfg.CheckSchedule, GraceTime: cfg.GraceTime.D(), ShutdownWait: cfg.ShutdownWait.D(),
+		CheckSchedule: cfg.CheckSchedule, GraceTime: cfg.GraceTime.D(),
 		ConfirmAfter: cfg.ConfirmAfter.D(), DryRun: cfg.DryRun, Dyno: dyno, Version: Version(),
 		TerminationWait: 60*time.Second + cfg.ShutdownWait.D(),
 	}
@@ -67,41 +104,51 @@ func (c *CLI) buildAgent(ctx context.Context, cfg *config.Config, proc *child.Pr
 	settings.LeaseRenew = leaseRenew(cfg)
 
 	a := &agent.Agent{Settings: settings, Meter: meter, Logger: log}
+	svc := &service{agent: a, close: func() {}}
 	var prom *metrics.Metrics
+	var metricsServer *metrics.Server
 	if cfg.MetricsAddr != "" {
 		prom = metrics.New(dyno, Version())
 		a.Metrics = prom
-		a.Runners = append(a.Runners, (&metrics.Server{Addr: cfg.MetricsAddr, Metrics: prom}).Run)
+		metricsServer = &metrics.Server{Addr: cfg.MetricsAddr, Metrics: prom, Logger: log}
+		svc.loops = append(svc.loops, metricsServer.Run)
 	}
-	cleanup := func() {}
 	fleetKind := "standalone"
 	var client *redis.Client
 	if cfg.Redis() != "" {
 		client, err = connectRedis(ctx, cfg, plat == config.PlatformHeroku, log)
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 	}
+	var events *jobevents.Listener
 	if proc != nil {
 		a.Child = proc
-		w, err := newWorker(cfg, proc, meter, client, dyno, log)
+		signals, sk, err := newWorker(cfg, proc, meter, client, dyno, log)
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
-		a.Worker = w
-		if sw, ok := w.(*sidekiq.Worker); ok {
-			a.Runners = append(a.Runners, sw.Run)
+		if sk != nil {
+			a.Quieter, a.JobEnds, a.Growth, a.Health = sk, sk, sk, sk
+			svc.loops = append(svc.loops, sk.Run)
+			if ev := listenEvents(proc, log); ev != nil {
+				sk.Events = ev
+				svc.loops = append(svc.loops, ev.Run)
+				events = ev
+			}
+		} else {
+			a.Quieter = signals
 		}
 	}
 	switch store := cfg.ResolveFleetStore(); {
 	case store == config.FleetPostgres: // fleetstore.go
 		fleet, err := newPostgresFleet(cfg, dyno, plat == config.PlatformHeroku, log)
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		a.Fleet = fleet
-		a.Runners = append(a.Runners, fleet.Run)
-		cleanup = func() {
+		svc.loops = append(svc.loops, fleet.Run)
+		svc.close = func() {
 			fleet.Close()
 			if client != nil {
 				client.Close()
@@ -110,30 +157,36 @@ func (c *CLI) buildAgent(ctx context.Context, cfg *config.Config, proc *child.Pr
 		fleetKind = store
 	case client == nil || store == config.FleetNone:
 		a.Fleet = heartbeat.NewLocal(dyno, cfg.MaxConcurrentRestarts)
+		if client != nil {
+			svc.close = func() { client.Close() }
+		}
 	default:
-		fleet := heartbeat.NewRedis(client, heartbeat.RedisOptions{
-			App: appName(cfg), Dyno: dyno, Slots: cfg.MaxConcurrentRestarts, MinHealthyPeers: cfg.MinHealthyPeers,
-			LeaseTTL: leaseTTL(cfg), PresenceTTL: presenceTTL(cfg), BootAllowance: cfg.BootAllowance.D(),
-			Settle: settle(cfg), Logger: log,
-		})
+		fleet := heartbeat.NewRedis(client, fleetOptions(cfg, dyno, log))
 		a.Fleet = fleet
-		a.Runners = append(a.Runners, fleet.Run)
-		cleanup = func() { fleet.Close(); client.Close() }
+		svc.loops = append(svc.loops, fleet.Run)
+		svc.close = func() { client.Close() }
 		fleetKind = "redis"
+	}
+
+	if events != nil {
+		// The socket file, should the group never run its Run (which
+		// removes it when it ends).
+		closeFleet := svc.close
+		svc.close = func() { closeFleet(); events.Close() }
 	}
 
 	switch plat {
 	case config.PlatformLocal:
-		a.Restarter = &platform.Local{Worker: proc}
+		a.Restarter = &platform.Local{Process: proc}
 	case config.PlatformExit:
-		var w platform.Worker
+		var p platform.Process
 		if proc != nil {
-			w = proc
+			p = proc
 		}
-		a.Restarter = &platform.ExitRestarter{Worker: w}
+		a.Restarter = &platform.ExitRestarter{Process: p}
 	case config.PlatformHeroku:
 		if cfg.Dyno == "" || cfg.App() == "" || cfg.Token() == "" {
-			return nil, nil, &config.Error{Var: "PLATFORM", Value: plat, Problem: "missing DYNO, HEROKU_APP_NAME or HEROKU_API_TOKEN",
+			return nil, &config.Error{Var: "PLATFORM", Value: plat, Problem: "missing DYNO, HEROKU_APP_NAME or HEROKU_API_TOKEN",
 				Accepted: "set these config vars, or PLATFORM=local"}
 		}
 		opts := platform.HerokuOptions{
@@ -145,25 +198,40 @@ func (c *CLI) buildAgent(ctx context.Context, cfg *config.Config, proc *child.Pr
 		}
 		a.Restarter = platform.NewHeroku(opts)
 	}
+	// Bound last, before the worker starts: an address that cannot be bound
+	// is a configuration error (see metrics.Server).
+	if metricsServer != nil {
+		if err := metricsServer.Listen(); err != nil {
+			svc.close()
+			if inner := errors.Unwrap(err); inner != nil {
+				err = inner // the address is named once, by the error's variable
+			}
+			return nil, &config.Error{Var: "METRICS_ADDR", Value: cfg.MetricsAddr, Problem: "cannot listen: " + err.Error(),
+				Accepted: "a free host:port on this machine, such as 127.0.0.1:9394, or unset for no metrics"}
+		}
+		closeFleet := svc.close
+		svc.close = func() { _ = metricsServer.Close(); closeFleet() }
+	}
 	log.Info("agent starting", "event", "agent_start", "dyno", dyno, "version", Version(), "platform", plat,
-		"memory_source", meter.Source, "limit", config.FormatBytes(limit), "critical", cfg.CriticalRSS.String(),
+		"memory_source", meter.Source, "limit", bytesize.MB(limit), "critical", cfg.CriticalRSS.String(),
 		"check", cfg.CheckSchedule.String(), "fleet", fleetKind, "dry_run", cfg.DryRun)
-	return a, cleanup, nil
+	return svc, nil
 }
 
-// newWorker picks how the worker is quieted and drained. Sidekiq is found
-// through its own records in Redis; a child that turns out not to be Sidekiq
-// falls back to plain signals.
-func newWorker(cfg *config.Config, proc *child.Process, meter *memory.Meter, client *redis.Client, dyno string, log *slog.Logger) (agent.Worker, error) {
-	signals := &worker.Signals{Process: proc, QuietSignal: cfg.QuietSignal.Sig, Logger: log}
+// newWorker picks how the worker is quieted and drained: by signals alone,
+// or through Sidekiq (sk non-nil), which is found through its own records in
+// Redis and falls back to the signals when the child turns out not to be
+// Sidekiq.
+func newWorker(cfg *config.Config, proc *child.Process, meter *memory.Meter, client *redis.Client, dyno string, log *slog.Logger) (signals *worker.Signals, sk *sidekiq.Worker, err error) {
+	signals = &worker.Signals{Process: proc, QuietSignal: cfg.QuietSignal.Sig, Logger: log}
 	switch {
 	case cfg.Worker == config.WorkerSignals:
-		return signals, nil
+		return signals, nil, nil
 	case cfg.Worker == config.WorkerSidekiq && client == nil:
-		return nil, &config.Error{Var: "WORKER", Value: "sidekiq", Problem: "needs REDIS_URL, where Sidekiq keeps its records",
+		return nil, nil, &config.Error{Var: "WORKER", Value: "sidekiq", Problem: "needs REDIS_URL, where Sidekiq keeps its records",
 			Accepted: "set REDIS_URL to Sidekiq's Redis, or WORKER=signals with QUIET_SIGNAL=TSTP"}
 	case client == nil:
-		return signals, nil
+		return signals, nil, nil
 	}
 	if cfg.Worker == config.WorkerSidekiq && !cfg.QuietSignal.Set() {
 		signals.QuietSignal = syscall.SIGTSTP // Sidekiq's quiet signal, should its records be missing
@@ -172,7 +240,7 @@ func newWorker(cfg *config.Config, proc *child.Process, meter *memory.Meter, cli
 		log.Warn("SHUTDOWN_WAIT is shorter than Sidekiq's -t plus 5s: a busy Sidekiq may be killed before it hands its jobs back",
 			"event", "config_warning", "sidekiq_timeout", t, "shutdown_wait", cfg.ShutdownWait.D())
 	}
-	return &sidekiq.Worker{
+	return signals, &sidekiq.Worker{
 		Reader:   &sidekiq.Reader{Client: client, Namespace: cfg.SidekiqNamespace, Logger: log},
 		Hostname: dyno,
 		PIDs: func() []int {
@@ -182,6 +250,27 @@ func newWorker(cfg *config.Config, proc *child.Process, meter *memory.Meter, cli
 		Fallback: signals,
 		Logger:   log,
 	}, nil
+}
+
+// listenEvents opens the socket on which the gem's Sidekiq middleware
+// (require "dynocycle/sidekiq") reports each job's start and end, and names
+// it in the worker's environment. A Sidekiq without the middleware never
+// connects and the heartbeats are read as before. A socket that cannot be
+// made is not fatal for the same reason: nil.
+func listenEvents(proc *child.Process, log *slog.Logger) *jobevents.Listener {
+	path := filepath.Join(os.TempDir(), "dynocycle-"+strconv.Itoa(os.Getpid())+".sock")
+	ev, err := jobevents.Listen(path)
+	if err != nil {
+		log.Warn("job events unavailable; reading Sidekiq's heartbeats only", "event", "events_unavailable", "err", err)
+		return nil
+	}
+	ev.Logger = log
+	env := proc.Env
+	if env == nil {
+		env = os.Environ()
+	}
+	proc.Env = append(slices.Clone(env), jobevents.Env+"="+path)
+	return ev
 }
 
 // connectRedis opens the coordination store. go-redis logs dial failures
@@ -208,13 +297,20 @@ func (l redisLogger) Printf(ctx context.Context, format string, v ...any) {
 	l.log.Debug(fmt.Sprintf(format, v...), "event", "redis_client")
 }
 
-// appName scopes the fleet's keys. Off Heroku, HEROKU_APP_NAME still names
-// the app; without it every agent on that Redis is one fleet.
-func appName(cfg *config.Config) string {
-	if app := cfg.App(); app != "" {
-		return app
+// fleetOptions is the fleet as every agent of the app sees it; status uses
+// it too, so it reports the settle period the agents observe.
+func fleetOptions(cfg *config.Config, dyno string, log *slog.Logger) heartbeat.RedisOptions {
+	return heartbeat.RedisOptions{
+		App: appName(cfg), Dyno: dyno, Slots: cfg.MaxConcurrentRestarts, MinHealthyPeers: cfg.MinHealthyPeers,
+		LeaseTTL: leaseTTL(cfg), PresenceTTL: presenceTTL(cfg), BootAllowance: cfg.BootAllowance.D(),
+		Settle: settle(cfg), Logger: log,
 	}
-	return "default"
+}
+
+// appName scopes the fleet's keys: FLEET_SCOPE, HEROKU_APP_NAME or
+// HEROKU_APP_ID; validate refuses fleet mode without one.
+func appName(cfg *config.Config) string {
+	return cfg.Scope()
 }
 
 // presenceTTL lets a dead agent's presence vanish after three missed checks.
@@ -222,37 +318,6 @@ func presenceTTL(cfg *config.Config) time.Duration {
 	now := time.Now()
 	every := cfg.CheckSchedule.Next(now).Sub(now)
 	return max(15*time.Second, 3*every)
-}
-
-// resolveLimits turns MAX_RSS and CRITICAL_RSS into bytes. Without MAX_RSS
-// the soft limit is 90% of a detected container limit, the margin that keeps
-// a dyno out of swap.
-func resolveLimits(cfg *config.Config, meter *memory.Meter, log *slog.Logger) (agent.Policy, uint64, error) {
-	detected, src := meter.Limit()
-	containerLimit := uint64(0)
-	if src == "cgroup" {
-		containerLimit = detected
-	}
-	maxRSS := cfg.MaxRSS
-	if !maxRSS.Set() {
-		if containerLimit == 0 {
-			return agent.Policy{}, 0, &config.Error{Var: "MAX_RSS", Problem: "required: no container memory limit was detected",
-				Accepted: "a size such as 512MB or 1.5GB (a bare number is MB)"}
-		}
-		_ = maxRSS.Decode("90%")
-		log.Info("MAX_RSS not set: using 90% of the container limit", "event", "limit_default", "container_limit", config.FormatBytes(containerLimit))
-	}
-	max, ok := maxRSS.Resolve(detected)
-	if !ok {
-		return agent.Policy{}, 0, &config.Error{Var: "MAX_RSS", Value: maxRSS.String(), Problem: "a percentage needs a detected memory limit, and none was found",
-			Accepted: "a size such as 512MB or 1.5GB"}
-	}
-	critical, _ := cfg.CriticalRSS.Resolve(detected)
-	if critical > 0 && critical < max {
-		return agent.Policy{}, 0, &config.Error{Var: "CRITICAL_RSS", Value: cfg.CriticalRSS.String(),
-			Problem: "resolves below MAX_RSS (" + config.FormatBytes(max) + ")", Accepted: "a size at or above MAX_RSS"}
-	}
-	return agent.Policy{MaxRSS: max, CriticalRSS: critical, SustainChecks: cfg.SustainChecks, MinUptime: cfg.MinUptime.D()}, max, nil
 }
 
 // leaseTTL frees a lease whose dyno never came back: long enough for the

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/dynocycle/dynocycle/internal/fakeheroku"
+	"github.com/dynocycle/dynocycle/internal/testutil"
 )
 
 // fakeAgent stands in for dynocycle: it logs like the agent, runs a
@@ -53,17 +54,6 @@ func newSim(t *testing.T, cfg Config) *Sim {
 	return s
 }
 
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 func gens(s *Sim, dyno string) int {
 	n := 0
 	for _, p := range s.Procs() {
@@ -81,14 +71,14 @@ func TestRestartStopsTheWholeDynoAndStartsItAgain(t *testing.T) {
 	if err := s.Start("worker.1", []string{"worker"}, "MODE=lease"); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "the worker", func() bool { return len(s.Grep(childLine)) == 1 })
+	testutil.Eventually(t, 10*time.Second, "the worker", func() bool { return len(s.Grep(childLine)) == 1 })
 	child := s.Grep(childLine)[0].Text[len("child="):]
 	if iv := s.Intervals(); len(iv) != 1 || iv[0].Kind != KindRestart || iv[0].Quiet.IsZero() || iv[0].Closed() {
 		t.Fatalf("intervals after lease and drain = %+v, want one open restart interval", iv)
 	}
 	s.Restart("worker.1")
-	eventually(t, 10*time.Second, "a second generation", func() bool { return gens(s, "worker.1") == 2 })
-	eventually(t, 10*time.Second, "its worker_start", func() bool { return s.Report().Restarts["worker.1"] == 1 })
+	testutil.Eventually(t, 10*time.Second, "a second generation", func() bool { return gens(s, "worker.1") == 2 })
+	testutil.Eventually(t, 10*time.Second, "its worker_start", func() bool { return s.Report().Restarts["worker.1"] == 1 })
 	if _, err := os.Stat("/proc/" + child); err == nil {
 		if st, _, _, ok := stat(atoi(child)); ok && st != "Z" {
 			t.Errorf("the first worker (pid %s, own process group) survived the restart", child)
@@ -118,10 +108,10 @@ func TestFirRestartComesBackUnderANewName(t *testing.T) {
 	if err := s.Start(first, []string{"worker"}, "MODE=lease"); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "the worker", func() bool { return len(s.Grep(childLine)) == 1 })
+	testutil.Eventually(t, 10*time.Second, "the worker", func() bool { return len(s.Grep(childLine)) == 1 })
 	s.Restart(first)
-	eventually(t, 10*time.Second, "a second generation", func() bool { return gens(s, first) == 2 })
-	eventually(t, 10*time.Second, "its worker_start", func() bool { return s.Report().Restarts[first] == 1 })
+	testutil.Eventually(t, 10*time.Second, "a second generation", func() bool { return gens(s, first) == 2 })
+	testutil.Eventually(t, 10*time.Second, "its worker_start", func() bool { return s.Report().Restarts[first] == 1 })
 	second := s.Current(first)
 	if second == first || !strings.HasPrefix(second, "worker-5d8f7c9b4-") || len(second) != len(first) {
 		t.Fatalf("restarted dyno named %q, want a new worker-5d8f7c9b4-<id>", second)
@@ -142,7 +132,7 @@ func TestFirRestartComesBackUnderANewName(t *testing.T) {
 	// longer exists.
 	s.Restart(first)
 	s.Restart(second)
-	eventually(t, 10*time.Second, "a third generation", func() bool { return gens(s, first) == 3 })
+	testutil.Eventually(t, 10*time.Second, "a third generation", func() bool { return gens(s, first) == 3 })
 	if third := s.Current(first); third == second || third == first {
 		t.Errorf("third generation named %q", third)
 	}
@@ -156,7 +146,7 @@ func TestCrashRestartsTheDyno(t *testing.T) {
 	if err := s.Start("worker.1", []string{"worker"}, "MODE=crash"); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 20*time.Second, "three crashes", func() bool { return s.Report().Crashes["worker.1"] >= 2 })
+	testutil.Eventually(t, 20*time.Second, "three crashes", func() bool { return s.Report().Crashes["worker.1"] >= 2 })
 	for _, p := range s.Procs()[:2] {
 		if p.Code != 3 || p.Expected {
 			t.Errorf("proc %+v, want a crash with code 3", p)
@@ -169,12 +159,12 @@ func TestKilledAgentLeavesNoOrphanBehind(t *testing.T) {
 	if err := s.Start("worker.1", []string{"worker"}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "the worker", func() bool { return len(s.Grep(childLine)) == 1 })
+	testutil.Eventually(t, 10*time.Second, "the worker", func() bool { return len(s.Grep(childLine)) == 1 })
 	child := atoi(s.Grep(childLine)[0].Text[len("child="):])
 	if err := syscall.Kill(s.Agent("worker.1"), syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "the dyno back", func() bool { return len(s.Grep(childLine)) == 2 })
+	testutil.Eventually(t, 10*time.Second, "the dyno back", func() bool { return len(s.Grep(childLine)) == 2 })
 	if st, _, _, ok := stat(child); ok && st != "Z" {
 		t.Errorf("the orphaned worker %d survived the crash", child)
 	}
@@ -192,7 +182,7 @@ func TestStubbornDynoIsKilledAfterGrace(t *testing.T) {
 	if err := s.Start("worker.1", []string{"worker"}, "MODE=stubborn"); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "the worker", func() bool { return len(s.Grep(childLine)) == 1 })
+	testutil.Eventually(t, 10*time.Second, "the worker", func() bool { return len(s.Grep(childLine)) == 1 })
 	stops := s.Close()
 	if len(stops) != 1 || !stops[0].Killed || stops[0].Took() < 500*time.Millisecond {
 		t.Fatalf("stops = %+v, want one SIGKILL after the grace", stops)
@@ -218,7 +208,7 @@ func TestFakeAPIRestartsTheDyno(t *testing.T) {
 	if err := s.Start("worker.2", []string{"worker"}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "the worker", func() bool { return len(s.Grep(childLine)) == 1 })
+	testutil.Eventually(t, 10*time.Second, "the worker", func() bool { return len(s.Grep(childLine)) == 1 })
 	env, _ := os.ReadFile("/proc/" + strconv.Itoa(s.Agent("worker.2")) + "/environ")
 	for _, kv := range []string{"DYNO=worker.2", "HEROKU_APP_NAME=app", "HEROKU_API_TOKEN=tok", "HEROKU_API_URL=" + fake.URL} {
 		if !strings.Contains(string(env), kv+"\x00") {
@@ -237,7 +227,7 @@ func TestFakeAPIRestartsTheDyno(t *testing.T) {
 	if resp.StatusCode != http.StatusAccepted {
 		t.Fatalf("status %d", resp.StatusCode)
 	}
-	eventually(t, 10*time.Second, "the restarted dyno", func() bool { return len(s.Grep(childLine)) == 2 })
+	testutil.Eventually(t, 10*time.Second, "the restarted dyno", func() bool { return len(s.Grep(childLine)) == 2 })
 }
 
 func TestMaxConcurrent(t *testing.T) {

@@ -1,6 +1,11 @@
 // Package fakeheroku is an httptest stand-in for the part of the Heroku
 // Platform API that dynocycle uses: DELETE /apps/{app}/dynos/{dyno}.
 //
+// It also knows the call dynocycle must never make, DELETE /apps/{app}/dynos
+// (restart every dyno of the app): it answers it as the real API would, 202,
+// and records it as a violation, as it does any path that is not clean
+// (with "." or ".." segments, or empty ones).
+//
 // It checks every request the way the real API would (method, path, Accept,
 // bearer token) plus dynocycle's own User-Agent, records every call, and
 // answers from a script: 202 {} by default, or a queue of answers (429 then
@@ -14,6 +19,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"path"
 	"strconv"
 	"strings"
 	"sync"
@@ -46,6 +52,8 @@ type Answer struct {
 // Call is one request the fake received.
 type Call struct {
 	App, Dyno string
+	Path      string    // the path as sent, escaped
+	All       bool      // the restart of every dyno of App
 	Time      time.Time // arrival
 	Status    int       // the status answered (or meant, when Aborted)
 	Aborted   bool      // the client hung up during Delay
@@ -70,10 +78,19 @@ func New(cfg Config) *Server {
 	s := &Server{cfg: cfg, always: Answer{Status: http.StatusAccepted}, remaining: 4500}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/apps/{app}/dynos/{dyno}", s.restart)
+	mux.HandleFunc("DELETE /apps/{app}/dynos", s.restartAll)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, r, "", "", http.StatusNotFound, "not_found", fmt.Sprintf("%s %s: not an endpoint dynocycle uses", r.Method, r.URL.Path))
 	})
-	s.Server = httptest.NewServer(mux)
+	s.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// ServeMux would redirect an unclean path to its clean form without
+		// anyone noticing; such a path is a name that escaped its segment.
+		if p := r.URL.EscapedPath(); p != path.Clean(p) || strings.Contains(p, "//") {
+			s.refuse(w, r, "", "", http.StatusNotFound, "not_found", fmt.Sprintf("%s %s: path is not clean", r.Method, p))
+			return
+		}
+		mux.ServeHTTP(w, r)
+	}))
 	return s
 }
 
@@ -151,7 +168,7 @@ func (s *Server) restart(w http.ResponseWriter, r *http.Request) {
 		return
 	case s.cfg.App != "" && app != s.cfg.App:
 		// Not a violation: the real API answers 404 for an unknown app.
-		s.record(Call{App: app, Dyno: dyno, Status: http.StatusNotFound})
+		s.record(Call{App: app, Dyno: dyno, Path: r.URL.EscapedPath(), Status: http.StatusNotFound})
 		s.spend(w, http.StatusNotFound)
 		writeError(w, http.StatusNotFound, "not_found", "Couldn't find that app.")
 		return
@@ -167,7 +184,7 @@ func (s *Server) restart(w http.ResponseWriter, r *http.Request) {
 		a.Status = http.StatusAccepted
 	}
 	// Recorded on arrival, so a test can see a slow call in flight.
-	i := s.record(Call{App: app, Dyno: dyno, Status: a.Status})
+	i := s.record(Call{App: app, Dyno: dyno, Path: r.URL.EscapedPath(), Status: a.Status})
 	if a.Delay > 0 {
 		t := time.NewTimer(a.Delay)
 		defer t.Stop()
@@ -198,6 +215,21 @@ func (s *Server) restart(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// restartAll is Heroku's restart of every dyno of an app. The real API
+// accepts it; dynocycle must never send it.
+func (s *Server) restartAll(w http.ResponseWriter, r *http.Request) {
+	app := r.PathValue("app")
+	msg := "DELETE /apps/" + app + "/dynos restarts every dyno of the app; dynocycle restarts one"
+	s.mu.Lock()
+	s.violations = append(s.violations, msg)
+	s.mu.Unlock()
+	s.record(Call{App: app, All: true, Path: r.URL.EscapedPath(), Status: http.StatusAccepted, Violation: msg})
+	s.spend(w, http.StatusAccepted)
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusAccepted)
+	_, _ = w.Write([]byte("{}"))
+}
+
 // spend takes a token from the rate-limit pool and reports what is left.
 func (s *Server) spend(w http.ResponseWriter, status int) {
 	s.mu.Lock()
@@ -216,7 +248,7 @@ func (s *Server) refuse(w http.ResponseWriter, r *http.Request, app, dyno string
 	s.mu.Lock()
 	s.violations = append(s.violations, fmt.Sprintf("%s %s: %d %s: %s", r.Method, r.URL.Path, status, id, msg))
 	s.mu.Unlock()
-	s.record(Call{App: app, Dyno: dyno, Status: status, Violation: msg})
+	s.record(Call{App: app, Dyno: dyno, Path: r.URL.EscapedPath(), Status: status, Violation: msg})
 	writeError(w, status, id, msg)
 }
 

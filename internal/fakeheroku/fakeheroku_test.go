@@ -6,6 +6,8 @@ import (
 	"net/http"
 	"testing"
 	"time"
+
+	"github.com/dynocycle/dynocycle/internal/testutil"
 )
 
 const token = "HRKU-fake-0123456789"
@@ -72,7 +74,10 @@ func TestViolations(t *testing.T) {
 		id     string
 	}{
 		{"method", http.MethodPost, "/apps/demo/dynos/worker.1", nil, 404, "not_found"},
-		{"path", http.MethodDelete, "/apps/demo/dynos", nil, 404, "not_found"},
+		{"path", http.MethodDelete, "/apps/demo/dyno/worker.1", nil, 404, "not_found"},
+		{"dot segments", http.MethodDelete, "/apps/demo/dynos/../../../account/x", nil, 404, "not_found"},
+		{"escaped dot segments", http.MethodDelete, "/apps/demo/dynos/%2E%2E/x", nil, 404, "not_found"},
+		{"empty segment", http.MethodDelete, "/apps//dynos/worker.1", nil, 404, "not_found"},
 		{"accept", http.MethodDelete, "/apps/demo/dynos/worker.1", func(r *http.Request) { r.Header.Set("Accept", "application/json") }, 406, "not_acceptable"},
 		{"no auth", http.MethodDelete, "/apps/demo/dynos/worker.1", func(r *http.Request) { r.Header.Del("Authorization") }, 401, "unauthorized"},
 		{"wrong token", http.MethodDelete, "/apps/demo/dynos/worker.1", func(r *http.Request) { r.Header.Set("Authorization", "Bearer nope") }, 401, "unauthorized"},
@@ -91,6 +96,23 @@ func TestViolations(t *testing.T) {
 	}
 	if len(s.Restarts()) != 0 {
 		t.Errorf("a violating call counted as a restart")
+	}
+}
+
+func TestRestartOfEveryDynoIsAcceptedAndAViolation(t *testing.T) {
+	s := New(Config{Token: token, App: "app"})
+	defer s.Close()
+	// What HEROKU_APP_NAME="app/dynos?x=" made of one dyno's restart.
+	resp, _ := request(t, http.MethodDelete, s.URL+"/apps/app/dynos?x=/dynos/worker.1", nil)
+	if resp.StatusCode != http.StatusAccepted {
+		t.Errorf("got %d, want 202 as the real API answers", resp.StatusCode)
+	}
+	calls := s.Calls()
+	if len(calls) != 1 || !calls[0].All || calls[0].App != "app" || calls[0].Violation == "" {
+		t.Errorf("calls = %+v, want one restart of every dyno, a violation", calls)
+	}
+	if len(s.Violations()) != 1 || len(s.Restarts()) != 0 {
+		t.Errorf("violations %v, restarts %v", s.Violations(), s.Restarts())
 	}
 }
 
@@ -156,25 +178,14 @@ func TestSlowAnswerAbortedByClient(t *testing.T) {
 		}
 		done <- err
 	}()
-	waitFor(t, "the call to arrive", func() bool { return len(s.Calls()) == 1 })
+	testutil.Eventually(t, 10*time.Second, "the call to arrive", func() bool { return len(s.Calls()) == 1 })
 	cancel() // the client hangs up mid-answer
 	if err := <-done; err == nil {
 		t.Fatal("slow answer arrived although the client hung up")
 	}
 	// The handler notices and marks the call; Close would otherwise wait an hour.
-	waitFor(t, "the call to be marked aborted", func() bool { return s.Calls()[0].Aborted })
+	testutil.Eventually(t, 10*time.Second, "the call to be marked aborted", func() bool { return s.Calls()[0].Aborted })
 	if len(s.Restarts()) != 0 {
 		t.Error("an aborted call counted as a restart")
-	}
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }

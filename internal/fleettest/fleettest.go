@@ -14,18 +14,11 @@ import (
 	"time"
 
 	"github.com/dynocycle/dynocycle/heartbeat"
+	"github.com/dynocycle/dynocycle/internal/testutil"
 )
 
-// Fleet is one agent's view of the fleet: agent.Fleet.
-type Fleet interface {
-	Publish(ctx context.Context, p heartbeat.Presence) error
-	Acquire(ctx context.Context) (heartbeat.Lease, error)
-	Renew(ctx context.Context, l heartbeat.Lease) error
-	HandOver(ctx context.Context, l heartbeat.Lease) (heartbeat.Lease, error)
-	Release(ctx context.Context, l heartbeat.Lease) error
-	Held(ctx context.Context) (heartbeat.Lease, bool, error)
-	SlotFreed() <-chan struct{}
-}
+// Fleet is one agent's view of the fleet.
+type Fleet = heartbeat.Fleet
 
 // Options configure one fleet under test.
 type Options struct {
@@ -81,42 +74,19 @@ func Run(t *testing.T, setup Setup) {
 	}
 }
 
-// Clock is a settable clock shared by the members of one test.
-type Clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-// NewClock starts at a fixed time.
-func NewClock() *Clock { return &Clock{t: time.Date(2026, 3, 14, 9, 26, 53, 0, time.UTC)} }
-
-// Now is the current time of the clock.
-func (c *Clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-// Add moves the clock on.
-func (c *Clock) Add(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
-
 const (
 	bootAllowance = 2 * time.Minute
 	presenceTTL   = 15 * time.Second
 )
 
-func newStore(t *testing.T, setup Setup, slots int, clock *Clock) Store {
+func newStore(t *testing.T, setup Setup, slots int, clock *testutil.Clock) Store {
 	t.Helper()
 	return setup.New(t, Options{Slots: slots, BootAllowance: bootAllowance, PresenceTTL: presenceTTL, Settle: -1, Now: clock.Now})
 }
 
 var ctx = context.Background()
 
-func publish(t *testing.T, f Fleet, state string) {
+func publish(t *testing.T, f Fleet, state heartbeat.State) {
 	t.Helper()
 	if err := f.Publish(ctx, heartbeat.Presence{State: state}); err != nil {
 		t.Fatalf("publish: %v", err)
@@ -158,7 +128,7 @@ func held(t *testing.T, f Fleet) (heartbeat.Lease, bool) {
 }
 
 func testLeaseBasics(t *testing.T, setup Setup) {
-	clock := NewClock()
+	clock := testutil.NewClock()
 	s := newStore(t, setup, 1, clock)
 	a, b := s.Join(t, "worker.1"), s.Join(t, "worker.2")
 	la := acquire(t, a)
@@ -256,7 +226,7 @@ func testAtMostK(t *testing.T, setup Setup) {
 // boot, or another app's dyno of that name sharing the store) is not the
 // holder and cannot act on the lease by name alone.
 func testOnlyTheHolderBootActs(t *testing.T, setup Setup) {
-	clock := NewClock()
+	clock := testutil.NewClock()
 	s := newStore(t, setup, 1, clock)
 	old := s.Join(t, "worker.1")
 	l := acquire(t, old)
@@ -311,7 +281,7 @@ func confirm(t *testing.T, successor, waiter Fleet, want heartbeat.Lease, dyno s
 }
 
 func testHandOverCedar(t *testing.T, setup Setup) {
-	clock := NewClock()
+	clock := testutil.NewClock()
 	s := newStore(t, setup, 1, clock)
 	w1, w2 := s.Join(t, "worker.1"), s.Join(t, "worker.2")
 	l := handOver(t, w1, acquire(t, w1))
@@ -333,7 +303,7 @@ func testHandOverCedar(t *testing.T, setup Setup) {
 }
 
 func testHandOverFir(t *testing.T, setup Setup) {
-	clock := NewClock()
+	clock := testutil.NewClock()
 	s := newStore(t, setup, 1, clock)
 	holder := s.Join(t, "worker-5d8f7c9b4-k2x7p")
 	waiter := s.Join(t, "worker-5d8f7c9b4-m9q2z")
@@ -354,7 +324,7 @@ func testHandOverFir(t *testing.T, setup Setup) {
 }
 
 func testOneClaim(t *testing.T, setup Setup) {
-	clock := NewClock()
+	clock := testutil.NewClock()
 	s := newStore(t, setup, 1, clock)
 	holder := s.Join(t, "worker-aaaaaaaaa-00000")
 	l := handOver(t, holder, acquire(t, holder))
@@ -392,7 +362,7 @@ func testOneClaim(t *testing.T, setup Setup) {
 
 func testBootAllowance(t *testing.T, setup Setup) {
 	t.Run("nobody claims", func(t *testing.T) {
-		clock := NewClock()
+		clock := testutil.NewClock()
 		s := newStore(t, setup, 1, clock)
 		holder, waiter := s.Join(t, "worker-aaaaaaaaa-00000"), s.Join(t, "worker-aaaaaaaaa-11111")
 		l := handOver(t, holder, acquire(t, holder))
@@ -415,7 +385,7 @@ func testBootAllowance(t *testing.T, setup Setup) {
 		notHolder(t, "the gone holder's renewal", holder.Renew(ctx, l))
 	})
 	t.Run("holder gone at once", func(t *testing.T) {
-		clock := NewClock()
+		clock := testutil.NewClock()
 		s := newStore(t, setup, 1, clock)
 		holder, waiter := s.Join(t, "worker.1"), s.Join(t, "worker.2")
 		handOver(t, holder, acquire(t, holder))
@@ -425,7 +395,7 @@ func testBootAllowance(t *testing.T, setup Setup) {
 		acquire(t, waiter)
 	})
 	t.Run("successor booting slowly keeps it", func(t *testing.T) {
-		clock := NewClock()
+		clock := testutil.NewClock()
 		s := newStore(t, setup, 1, clock)
 		holder, waiter := s.Join(t, "worker.1"), s.Join(t, "worker.2")
 		l := handOver(t, holder, acquire(t, holder))
@@ -451,7 +421,7 @@ func testBootAllowance(t *testing.T, setup Setup) {
 		acquire(t, waiter)
 	})
 	t.Run("never without a hand-over", func(t *testing.T) {
-		clock := NewClock()
+		clock := testutil.NewClock()
 		s := newStore(t, setup, 1, clock)
 		holder, waiter := s.Join(t, "worker.1"), s.Join(t, "worker.2")
 		acquire(t, holder)
@@ -463,7 +433,7 @@ func testBootAllowance(t *testing.T, setup Setup) {
 // testFairQueue: ten dynos ask one after another while the only slot is
 // taken; each release goes to the one that asked first, whoever calls first.
 func testFairQueue(t *testing.T, setup Setup) {
-	clock := NewClock()
+	clock := testutil.NewClock()
 	s := newStore(t, setup, 1, clock)
 	first := s.Join(t, "worker.0")
 	l := acquire(t, first)
@@ -519,7 +489,7 @@ func testFairQueue(t *testing.T, setup Setup) {
 }
 
 func testQueueLeavers(t *testing.T, setup Setup) {
-	clock := NewClock()
+	clock := testutil.NewClock()
 	s := newStore(t, setup, 1, clock)
 	holder := s.Join(t, "worker.1")
 	l := acquire(t, holder)
@@ -549,7 +519,7 @@ func testDataLoss(t *testing.T, setup Setup) {
 		// run brings the restart to its step and returns the renewer (nil
 		// for the gap between the holder's exit and the successor's claim)
 		// and what ends the restart.
-		run func(t *testing.T, s Store, clock *Clock, holder Fleet, l heartbeat.Lease) (renew func() error, finish func())
+		run func(t *testing.T, s Store, clock *testutil.Clock, holder Fleet, l heartbeat.Lease) (renew func() error, finish func())
 	}
 	holderRenews := func(holder Fleet, l heartbeat.Lease) func() error {
 		return func() error { return holder.Renew(ctx, l) }
@@ -561,8 +531,8 @@ func testDataLoss(t *testing.T, setup Setup) {
 			}
 		}
 	}
-	inPlace := func(state string) func(t *testing.T, s Store, clock *Clock, holder Fleet, l heartbeat.Lease) (func() error, func()) {
-		return func(t *testing.T, s Store, clock *Clock, holder Fleet, l heartbeat.Lease) (func() error, func()) {
+	inPlace := func(state heartbeat.State) func(t *testing.T, s Store, clock *testutil.Clock, holder Fleet, l heartbeat.Lease) (func() error, func()) {
+		return func(t *testing.T, s Store, clock *testutil.Clock, holder Fleet, l heartbeat.Lease) (func() error, func()) {
 			publish(t, holder, state)
 			return holderRenews(holder, l), released(t, holder, l)
 		}
@@ -572,7 +542,7 @@ func testDataLoss(t *testing.T, setup Setup) {
 		{"quieting", inPlace(heartbeat.StateQuieting)},
 		{"draining", inPlace(heartbeat.StateDraining)},
 		{"restarting in place", inPlace(heartbeat.StateRestarting)},
-		{"awaiting the platform's TERM", func(t *testing.T, s Store, clock *Clock, holder Fleet, l heartbeat.Lease) (func() error, func()) {
+		{"awaiting the platform's TERM", func(t *testing.T, s Store, clock *testutil.Clock, holder Fleet, l heartbeat.Lease) (func() error, func()) {
 			h := handOver(t, holder, l)
 			return holderRenews(holder, h), func() {
 				clock.Add(time.Second)
@@ -584,7 +554,7 @@ func testDataLoss(t *testing.T, setup Setup) {
 				released(t, reborn, got)()
 			}
 		}},
-		{"successor booting", func(t *testing.T, s Store, clock *Clock, holder Fleet, l heartbeat.Lease) (func() error, func()) {
+		{"successor booting", func(t *testing.T, s Store, clock *testutil.Clock, holder Fleet, l heartbeat.Lease) (func() error, func()) {
 			handOver(t, holder, l)
 			clock.Add(time.Second)
 			reborn := s.Join(t, "worker.1")
@@ -594,7 +564,7 @@ func testDataLoss(t *testing.T, setup Setup) {
 			}
 			return func() error { return reborn.Renew(ctx, got) }, released(t, reborn, got)
 		}},
-		{"holder and successor both renewing", func(t *testing.T, s Store, clock *Clock, holder Fleet, l heartbeat.Lease) (func() error, func()) {
+		{"holder and successor both renewing", func(t *testing.T, s Store, clock *testutil.Clock, holder Fleet, l heartbeat.Lease) (func() error, func()) {
 			h := handOver(t, holder, l)
 			clock.Add(time.Second)
 			reborn := s.Join(t, "worker.1")
@@ -616,14 +586,14 @@ func testDataLoss(t *testing.T, setup Setup) {
 					released(t, reborn, got)()
 				}
 		}},
-		{"between the holder's exit and the successor's claim", func(t *testing.T, s Store, clock *Clock, holder Fleet, l heartbeat.Lease) (func() error, func()) {
+		{"between the holder's exit and the successor's claim", func(t *testing.T, s Store, clock *testutil.Clock, holder Fleet, l heartbeat.Lease) (func() error, func()) {
 			handOver(t, holder, l)
 			return nil, nil
 		}},
 	}
 	for _, st := range steps {
 		t.Run(st.name, func(t *testing.T) {
-			clock := NewClock()
+			clock := testutil.NewClock()
 			s := setup.New(t, Options{Slots: 1, BootAllowance: bootAllowance, PresenceTTL: presenceTTL, Now: clock.Now})
 			holder, waiter := s.Join(t, "worker.1"), s.Join(t, "worker.2")
 			publish(t, holder, heartbeat.StateWanting)

@@ -1,0 +1,381 @@
+package jobevents
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"sort"
+	"sync"
+	"time"
+)
+
+const (
+	// DefaultMinSampleGap spaces the JobEnded signals: a burst of short jobs
+	// ending is one sample per gap, not one per job (each sample reads
+	// procfs and publishes the dyno's presence to Redis). 25 ms keeps the
+	// job end to sample latency within the 50 ms goal.
+	DefaultMinSampleGap = 25 * time.Millisecond
+	// readPace spaces the reads of a connection: a busy worker writes two
+	// lines per job, and waking for each (thousands a second) cost the
+	// agent a fifth of a core and Sidekiq 40% of its throughput in
+	// bench/sidekiq. Lines written meanwhile wait in the socket (about 200
+	// fit) and are read together; the delay is within the sample gap.
+	readPace = 5 * time.Millisecond
+	// maxConns bounds the connections held: one per worker process is
+	// the norm; more is a misbehaving writer.
+	maxConns = 256
+)
+
+// Proc is what the events say about one worker process.
+type Proc struct {
+	PID int
+	// Live: a connection from the process is open and nothing it wrote was
+	// lost, so InFlight is exact.
+	Live     bool
+	InFlight int
+	// Jobs are the classes of the jobs in flight whose start was heard.
+	Jobs      []string
+	QuietAt   time.Time // when its quiet line arrived; zero before
+	LastEvent time.Time // when its last line arrived
+}
+
+type proc struct {
+	conn      uint64
+	jobs      map[string]string // jid -> class
+	extra     int               // in flight per hello, jids not heard of
+	quietAt   time.Time
+	lastEvent time.Time
+}
+
+// Listener receives the events on a unix socket. Create it with Listen
+// before the worker starts (the worker's first hello must find it), then
+// Run it.
+type Listener struct {
+	Logger *slog.Logger
+	Now    func() time.Time
+	// MinSampleGap: see DefaultMinSampleGap.
+	MinSampleGap time.Duration
+
+	ln      *net.UnixListener
+	path    string
+	ended   chan struct{}
+	changed chan struct{}
+	lines   chan line
+
+	mu       sync.Mutex
+	procs    map[int]*proc
+	lost     map[int]bool // a connection broke: events of these pids are incomplete until a hello
+	interval map[string]bool
+	runs     map[string]int
+	conns    map[uint64]net.Conn
+}
+
+type line struct {
+	conn   uint64
+	ev     Event
+	at     time.Time
+	closed bool // the connection ended; ev is empty
+}
+
+// Listen creates the socket at path (a stale one is replaced), readable
+// and writable by this user only.
+func Listen(path string) (*Listener, error) {
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("events socket: %w", err)
+	}
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("events socket: %w", err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("events socket: %w", err)
+	}
+	return &Listener{
+		ln: ln, path: path,
+		ended: make(chan struct{}, 1), changed: make(chan struct{}, 1), lines: make(chan line, 256),
+		procs: map[int]*proc{}, lost: map[int]bool{}, interval: map[string]bool{}, runs: map[string]int{},
+		conns: map[uint64]net.Conn{},
+	}, nil
+}
+
+// Path is the socket's path, for the worker's environment.
+func (l *Listener) Path() string { return l.path }
+
+// Close removes the socket; for a Listener that never ran.
+func (l *Listener) Close() error { return l.ln.Close() }
+
+func (l *Listener) now() time.Time {
+	if l.Now != nil {
+		return l.Now()
+	}
+	return time.Now()
+}
+
+func (l *Listener) logger() *slog.Logger {
+	if l.Logger == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return l.Logger
+}
+
+// JobEnded is signalled (buffer 1) when a job ended, at most once per
+// MinSampleGap; ends within a gap are coalesced into one signal at its end.
+func (l *Listener) JobEnded() <-chan struct{} { return l.ended }
+
+// Changed is signalled (buffer 1) whenever what Proc reports may have
+// changed, so a drain waits on it rather than polling.
+func (l *Listener) Changed() <-chan struct{} { return l.changed }
+
+// Proc reports on pid; false when nothing was heard from it, or its
+// connection ended.
+func (l *Listener) Proc(pid int) (Proc, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	p := l.procs[pid]
+	if p == nil {
+		return Proc{}, false
+	}
+	out := Proc{PID: pid, Live: !l.lost[pid], InFlight: len(p.jobs) + p.extra, QuietAt: p.quietAt, LastEvent: p.lastEvent}
+	for _, c := range p.jobs {
+		out.Jobs = append(out.Jobs, c)
+	}
+	sort.Strings(out.Jobs)
+	return out, true
+}
+
+// TakeInterval returns the job classes that ran since the previous call
+// (began, ended or were running) and how many runs of each began, then
+// starts a new interval with the classes running now.
+func (l *Listener) TakeInterval() (classes []string, runs map[string]int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for c := range l.interval {
+		classes = append(classes, c)
+	}
+	sort.Strings(classes)
+	runs = l.runs
+	l.runs = map[string]int{}
+	clear(l.interval)
+	for _, p := range l.procs {
+		for _, c := range p.jobs {
+			l.interval[c] = true
+		}
+	}
+	return classes, runs
+}
+
+// Run accepts connections and applies their lines until ctx ends; it then
+// closes the socket and every connection and waits for their readers. It
+// returns nil when ctx ends.
+func (l *Listener) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	wg.Go(func() {
+		<-ctx.Done()
+		l.ln.Close()
+		l.mu.Lock()
+		for _, c := range l.conns {
+			c.Close()
+		}
+		l.mu.Unlock()
+	})
+	wg.Go(func() { l.accept(ctx, &wg) })
+
+	gap := l.MinSampleGap
+	if gap <= 0 {
+		gap = DefaultMinSampleGap
+	}
+	// The throttle of JobEnded: an end within gap of the last signal is
+	// held until the gap has passed.
+	var lastSignal time.Time
+	pending := false
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	defer timer.Stop()
+	signalEnded := func(now time.Time) {
+		pending, lastSignal = false, now
+		select {
+		case l.ended <- struct{}{}:
+		default:
+		}
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case ln := <-l.lines:
+			if !l.apply(ln) {
+				continue
+			}
+			select {
+			case l.changed <- struct{}{}:
+			default:
+			}
+			if ln.ev.Kind != End {
+				continue
+			}
+			if now := l.now(); now.Sub(lastSignal) >= gap {
+				signalEnded(now)
+			} else if !pending {
+				pending = true
+				timer.Reset(gap - now.Sub(lastSignal))
+			}
+		case <-timer.C:
+			if pending {
+				signalEnded(l.now())
+			}
+		}
+	}
+}
+
+func (l *Listener) accept(ctx context.Context, wg *sync.WaitGroup) {
+	var id uint64
+	for {
+		c, err := l.ln.AcceptUnix()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Out of file descriptors or the like: the worker's events
+			// are an optimization, never a reason to stop the agent.
+			l.logger().Warn("events socket: accept failed", "event", "events_error", "err", err)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+			continue
+		}
+		l.mu.Lock()
+		full := len(l.conns) >= maxConns
+		if !full {
+			id++
+			l.conns[id] = c
+		}
+		l.mu.Unlock()
+		if full {
+			c.Close()
+			continue
+		}
+		wg.Go(func() { l.read(ctx, id, c) })
+	}
+}
+
+// read parses the connection's lines and hands them to Run's loop; a
+// malformed or overlong line ends the connection, as its end does.
+func (l *Listener) read(ctx context.Context, id uint64, c net.Conn) {
+	defer func() {
+		c.Close()
+		l.mu.Lock()
+		delete(l.conns, id)
+		l.mu.Unlock()
+		select {
+		case l.lines <- line{conn: id, closed: true}:
+		case <-ctx.Done():
+		}
+	}()
+	// The scanner's buffer holds one line; the bufio.Reader under it takes
+	// all that waits in the socket at each paced read.
+	sc := bufio.NewScanner(bufio.NewReaderSize(&pacedReader{r: c, pace: readPace}, 64<<10))
+	sc.Buffer(make([]byte, 0, 256), MaxLine)
+	sc.Split(wholeLines)
+	for sc.Scan() {
+		ev, err := Parse(sc.Text())
+		if err != nil {
+			l.logger().Warn("events socket: dropping a connection that does not speak the protocol", "event", "events_error", "err", err)
+			return
+		}
+		select {
+		case l.lines <- line{conn: id, ev: ev, at: l.now()}:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// pacedReader lets at least pace pass between two reads.
+type pacedReader struct {
+	r    io.Reader
+	pace time.Duration
+	last time.Time
+}
+
+func (p *pacedReader) Read(b []byte) (int, error) {
+	if wait := p.pace - time.Since(p.last); wait > 0 {
+		time.Sleep(wait)
+	}
+	n, err := p.r.Read(b)
+	p.last = time.Now()
+	return n, err
+}
+
+// wholeLines splits on newlines and drops a last line without one: a writer
+// that could not write a line whole closes its connection, and the cut line
+// could parse as another, valid one ("start 12" of "start 1234 ...").
+func wholeLines(data []byte, atEOF bool) (advance int, token []byte, err error) {
+	if i := bytes.IndexByte(data, '\n'); i >= 0 {
+		return i + 1, data[:i], nil
+	}
+	if atEOF {
+		return len(data), nil, nil
+	}
+	return 0, nil, nil
+}
+
+// apply updates the state; false when nothing changed.
+func (l *Listener) apply(ln line) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if ln.closed {
+		changed := false
+		for pid, p := range l.procs {
+			if p.conn == ln.conn {
+				l.lost[pid] = true
+				delete(l.procs, pid)
+				changed = true
+			}
+		}
+		return changed
+	}
+	ev := ln.ev
+	p := l.procs[ev.PID]
+	if ev.Kind == Hello {
+		delete(l.lost, ev.PID)
+		p = &proc{jobs: map[string]string{}, extra: ev.InFlight}
+		l.procs[ev.PID] = p
+	}
+	if p == nil {
+		// First heard of without a hello: no job was in flight. A pid whose
+		// connection broke stays lost until it says hello, its state kept
+		// so its lines are still followed.
+		p = &proc{jobs: map[string]string{}}
+		l.procs[ev.PID] = p
+	}
+	p.conn = ln.conn
+	p.lastEvent = ln.at
+	switch ev.Kind {
+	case Start:
+		p.jobs[ev.JID] = ev.Class
+		l.runs[ev.Class]++
+		l.interval[ev.Class] = true
+	case End:
+		if _, ok := p.jobs[ev.JID]; ok {
+			delete(p.jobs, ev.JID)
+		} else if p.extra > 0 {
+			p.extra--
+		}
+		l.interval[ev.Class] = true
+	case Quiet:
+		p.quietAt = ln.at
+	}
+	return true
+}

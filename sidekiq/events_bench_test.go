@@ -1,0 +1,116 @@
+package sidekiq
+
+// Benchmarks of the job events against the heartbeats, with the real
+// Sidekiq 6.4.1 (bench/events/run.sh runs them side by side):
+//
+//	go test -run '^$' -bench 'IdleDrain|JobEndToSample' -benchtime 3x ./sidekiq/
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dynocycle/dynocycle/internal/testredis"
+	"github.com/dynocycle/dynocycle/internal/testutil"
+	"github.com/dynocycle/dynocycle/jobevents"
+	"github.com/dynocycle/dynocycle/memory"
+)
+
+// BenchmarkIdleDrain times Quiet + Drain of an idle Sidekiq: from the TSTP
+// to "drained". heartbeat: two quiet beats (5 s apart on 6.x); events: the
+// quiet line plus the settle.
+func BenchmarkIdleDrain(b *testing.B) {
+	for _, mode := range []string{"heartbeat", "events"} {
+		b.Run(mode, func(b *testing.B) {
+			srv := testredis.Start(b)
+			var total time.Duration
+			for range b.N {
+				ev := startEvents(b)
+				var env []string
+				if mode == "events" {
+					env = []string{jobevents.Env + "=" + ev.Path()}
+				}
+				sk := startSidekiqApp(b, srv, testHost, eventsApp, env, "-c", "2", "-t", "5")
+				w := &Worker{Reader: &Reader{Client: newClient(b, srv)}, Hostname: testHost, PIDs: sk.pids,
+					Logger: slog.New(slog.DiscardHandler), PollInterval: 200 * time.Millisecond}
+				if mode == "events" {
+					w.Events = ev
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+				testutil.Until(ctx, b, "sidekiq up", func() bool {
+					procs, err := w.Processes(ctx)
+					return err == nil && len(procs) == 1 && (mode == "heartbeat" || w.eventsHealthy())
+				})
+				start := time.Now()
+				if err := w.Quiet(ctx); err != nil {
+					b.Fatal(err)
+				}
+				if err := w.Drain(ctx); err != nil {
+					b.Fatal(err)
+				}
+				total += time.Since(start)
+				sk.stop(ctx, b)
+				cancel()
+			}
+			b.ReportMetric(float64(total.Milliseconds())/float64(b.N), "drain_ms/op")
+			b.ReportMetric(0, "ns/op")
+		})
+	}
+}
+
+// BenchmarkJobEndToSample times a job's end (the job's own clock, just
+// before the middleware reports it) to a memory sample of the worker's
+// tree taken on JobEnded: p50 and p99 over b.N jobs run one after another.
+func BenchmarkJobEndToSample(b *testing.B) {
+	srv := testredis.Start(b)
+	c := newClient(b, srv)
+	ev := startEvents(b)
+	sk := startSidekiqApp(b, srv, testHost, eventsApp, []string{jobevents.Env + "=" + ev.Path()}, "-c", "5", "-t", "5")
+	w := &Worker{Reader: &Reader{Client: c}, Hostname: testHost, PIDs: sk.pids, Events: ev,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	meter, err := memory.New("tree", "/proc", "/sys/fs/cgroup", sk.pid)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	runCtx, stopRun := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- w.Run(runCtx) }()
+	defer func() { stopRun(); <-done }()
+	testutil.Until(ctx, b, "sidekiq up", func() bool { return w.eventsHealthy() })
+
+	lat := make([]float64, 0, b.N)
+	for i := range b.N {
+		push(b, c, "BloatJob", i, 0)
+		select {
+		case <-w.JobEnded():
+		case <-ctx.Done():
+			b.Fatal("no job end")
+		}
+		if _, err := meter.Sample(ctx); err != nil {
+			b.Fatal(err)
+		}
+		sampled := float64(time.Now().UnixNano()) / 1e9
+		var span []string
+		testutil.Until(ctx, b, "span recorded", func() bool {
+			span = strings.Fields(c.LIndex(ctx, "dynocycle:test:spans", int64(i)).Val())
+			return len(span) == 4
+		})
+		end, err := strconv.ParseFloat(span[3], 64)
+		if err != nil {
+			b.Fatal(err)
+		}
+		lat = append(lat, (sampled-end)*1000)
+	}
+	slices.Sort(lat)
+	b.ReportMetric(lat[len(lat)/2], "p50_ms")
+	b.ReportMetric(lat[min(len(lat)-1, len(lat)*99/100)], "p99_ms")
+	b.ReportMetric(lat[len(lat)-1], "max_ms")
+	b.ReportMetric(0, "ns/op")
+}
