@@ -18,7 +18,7 @@ const (
 // transaction's view: live presences, every lease slot, and the settle time
 // of an app new to the database.
 func (p *Postgres) Snapshot(ctx context.Context) (FleetStatus, error) {
-	s := FleetStatus{App: p.app, Dynos: []Presence{}}
+	s := FleetStatus{App: p.app, Dynos: []Presence{}, Store: "postgres"}
 	var epoch *time.Time
 	live := map[int]Lease{}
 	err := p.call(ctx, "read fleet", func(ctx context.Context, c *pgx.Conn) error {

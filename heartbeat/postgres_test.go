@@ -579,6 +579,10 @@ func TestPGSnapshot(t *testing.T) {
 	if !s.SettlesAt.Equal(clock.Now().Add(time.Minute)) {
 		t.Fatalf("settles at %s, want a minute from the app's first sight", s.SettlesAt)
 	}
+	var settling strings.Builder
+	if err := WriteTable(&settling, s, clock.Now()); err != nil || !strings.Contains(settling.String(), "postgres holds no fleet history") {
+		t.Fatalf("table while settling (%v):\n%s", err, settling.String())
+	}
 	clock.Add(61 * time.Second)
 	if err := w10.Publish(ctx, Presence{State: StateWatching, RSS: 100 << 20, Limit: 512 << 20}); err != nil {
 		t.Fatal(err)
@@ -608,7 +612,7 @@ func TestPGSnapshot(t *testing.T) {
 	if err := WriteTable(&out, s, clock.Now()); err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(out.String(), "lease slot 0: held by worker.2") || !strings.Contains(out.String(), "lease slot 1: free") {
+	if !strings.Contains(out.String(), "slot 0: worker.2 since") || !strings.Contains(out.String(), "slot 1: free") {
 		t.Fatalf("table:\n%s", out.String())
 	}
 	// A presence that expired is not shown.

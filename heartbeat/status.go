@@ -27,6 +27,8 @@ type FleetStatus struct {
 	Slots []SlotStatus `json:"slots"`
 	// SettlesAt is set while Redis is too new to grant leases (see Redis).
 	SettlesAt time.Time `json:"settles_at,omitzero"`
+	// Store is where the fleet lives when it is not Redis: "postgres".
+	Store string `json:"store,omitempty"`
 }
 
 // SlotStatus is one lease slot; Holder is empty when it is free. A slot
@@ -201,8 +203,12 @@ func WriteTable(w io.Writer, s FleetStatus, now time.Time) error {
 		}
 	}
 	if !s.SettlesAt.IsZero() && s.SettlesAt.After(now) {
-		fmt.Fprintf(&b, "leases paused for %s: redis holds no fleet history yet (restarted or new)\n",
-			shortDuration(s.SettlesAt.Sub(now)))
+		store := "redis"
+		if s.Store != "" {
+			store = s.Store
+		}
+		fmt.Fprintf(&b, "leases paused for %s: %s holds no fleet history yet (restarted or new)\n",
+			shortDuration(s.SettlesAt.Sub(now)), store)
 	}
 	_, err := io.WriteString(w, b.String())
 	return err

@@ -56,8 +56,7 @@ func statusPostgres(ctx context.Context, cfg *config.Config, app string, asJSON 
 		enc.SetIndent("", "  ")
 		err = enc.Encode(struct {
 			Fleet heartbeat.FleetStatus `json:"fleet"`
-			Store string                `json:"store"`
-		}{snap, config.FleetPostgres})
+		}{snap})
 	} else {
 		err = heartbeat.WriteTable(stdout, snap, time.Now())
 	}

@@ -44,7 +44,7 @@ func TestStatusFromPostgres(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("status: %d\n%s", code, errOut)
 	}
-	for _, want := range []string{"worker.1", "worker.2", "300MB / 512MB", "lease slot 0: held by worker.1"} {
+	for _, want := range []string{"worker.1: wanting 300MB / 512MB", "worker.2: wanting", "slot 0: worker.1 since"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("status lacks %q:\n%s", want, out)
 		}
@@ -59,12 +59,11 @@ func TestStatusFromPostgres(t *testing.T) {
 	}
 	var got struct {
 		Fleet heartbeat.FleetStatus `json:"fleet"`
-		Store string                `json:"store"`
 	}
 	if err := json.Unmarshal([]byte(out), &got); err != nil {
 		t.Fatalf("status --json: %v\n%s", err, out)
 	}
-	if got.Store != "postgres" || len(got.Fleet.Dynos) != 2 || got.Fleet.Slots[0].Token != l.Token {
+	if got.Fleet.Store != "postgres" || len(got.Fleet.Dynos) != 2 || got.Fleet.Slots[0].Token != l.Token {
 		t.Fatalf("status --json = %+v", got)
 	}
 

@@ -68,16 +68,17 @@ limit they resolve to on this machine.`,
 	},
 	"status": {
 		usage: "dynocycle status [-a APP] [--json] [--verbose]",
-		about: `Shows an app's fleet from Redis, the way 'heroku ps' shows its dynos: each
-dyno's state, memory and limit, uptime and restarts, who holds each restart
-slot, and Sidekiq's processes and queues. Exits 1 when Redis cannot be read.`,
+		about: `Shows an app's fleet from Redis (or PostgreSQL, see FLEET_STORE), the way
+'heroku ps' shows its dynos: each dyno's state, memory and limit, uptime and
+restarts, who holds each restart slot, and Sidekiq's processes and queues.
+Exits 1 when the fleet's store cannot be read.`,
 		flags: [][2]string{
 			{"-a, --app APP", "the fleet to show: the agents' FLEET_SCOPE, HEROKU_APP_NAME or HEROKU_APP_ID (default: from the environment)"},
 			{"--json", "print JSON instead of text"},
 			{"--verbose", "log what the command does on stderr"},
 			helpFlag,
 		},
-		vars: []string{"REDIS_URL", "REDIS_TLS_URL", "REDIS_TLS_VERIFY", "FLEET_SCOPE", "HEROKU_APP_NAME", "HEROKU_APP_ID",
+		vars: []string{"REDIS_URL", "REDIS_TLS_URL", "REDIS_TLS_VERIFY", "FLEET_STORE", "DATABASE_URL", "FLEET_SCOPE", "HEROKU_APP_NAME", "HEROKU_APP_ID",
 			"MAX_CONCURRENT_RESTARTS", "SIDEKIQ_NAMESPACE", "GRACE_TIME", "SHUTDOWN_WAIT", "CONFIRM_AFTER", "BOOT_ALLOWANCE", "LOG_FORMAT", "LOG_LEVEL"},
 	},
 	"version": {
@@ -127,6 +128,8 @@ var variables = [][2]string{
 	{"REDIS_URL", "coordination store; without one the agent runs standalone"},
 	{"REDIS_TLS_URL", "coordination store over TLS, over REDIS_URL"},
 	{"REDIS_TLS_VERIFY", "auto, true or false (default auto: skip on Heroku)"},
+	{"FLEET_STORE", "where the dynos coordinate: auto, redis, postgres or none (default auto: Redis with a Redis URL, else PostgreSQL with DATABASE_URL)"},
+	{"DATABASE_URL", "the app's PostgreSQL, the fleet's store without Redis (one connection per agent, schema dynocycle)"},
 	{"WORKER", "auto, sidekiq or signals (default auto)"},
 	{"SIDEKIQ_NAMESPACE", "Sidekiq 6.x redis-namespace prefix, if any"},
 	{"QUIET_SIGNAL", "signal that quiets a signals worker, e.g. TSTP (default none)"},
