@@ -170,6 +170,9 @@ func TestARefusedRestartIsDoneInPlaceWithoutACrashLoop(t *testing.T) {
 	restarted := regexp.MustCompile(`event=restarted\b`)
 	released := regexp.MustCompile(`event=lease_released\b`)
 	testutil.Eventually(t, 3*time.Minute, "the first restart in place", func() bool {
+		if n := sim.Report().Crashes["worker.1"]; n > 0 {
+			t.Fatalf("worker.1 crashed (%d) after the refusal instead of restarting in place", n)
+		}
 		return countLines(agentLines(sim), restarted) >= 1
 	})
 	app.enqueue(t, 2, 1, "BloatJob", "80")
@@ -249,4 +252,3 @@ func scrape(t *testing.T, addr, name string) string {
 	}
 	return string(m[1])
 }
-
