@@ -51,6 +51,11 @@ type Settings struct {
 	// TerminationWait bounds how long the agent waits for the platform's
 	// SIGTERM after a successful API restart before it stops the worker itself.
 	TerminationWait time.Duration
+	// PlatformStopWait, when set, is how long the worker gets after a
+	// SIGTERM before the agent kills it, in place of SHUTDOWN_WAIT. On
+	// Heroku the platform sends SIGTERM to every process and SIGKILL 30 s
+	// later; a wait past that leaves the worker all the time Heroku gives.
+	PlatformStopWait time.Duration
 }
 
 // ExitCodeRestart is the agent's exit code on PLATFORM=exit after a restart:
@@ -87,11 +92,14 @@ type Agent struct {
 	Health    HealthChecker    // nil: a restart is confirmed after ConfirmAfter alone
 	Fleet     heartbeat.Fleet
 	Restarter Restarter
-	Child     Child // nil: no worker command
-	Signals   <-chan os.Signal
-	Logger    *slog.Logger
-	Metrics   Metrics // nil: none
-	Now       func() time.Time
+	// Fallback restarts the worker in place when Restarter refuses for good
+	// (ErrRestartRefused), and from then on; nil: a refusal ends the agent.
+	Fallback Restarter
+	Child    Child // nil: no worker command
+	Signals  <-chan os.Signal
+	Logger   *slog.Logger
+	Metrics  Metrics // nil: none
+	Now      func() time.Time
 
 	st    loopState
 	lease leaseKeeper
@@ -115,6 +123,9 @@ type loopState struct {
 	publishedAt    time.Time       // the last presence published
 	publishedState heartbeat.State // and the state it carried
 	logged         logOnce
+	// refused: the platform refused a restart for good; restarts go to
+	// Fallback without asking it again.
+	refused bool
 }
 
 // publishEvery bounds how often checks after job ends publish the presence.
@@ -259,9 +270,17 @@ func (a *Agent) signalReceived(s os.Signal) syscall.Signal {
 	return sig
 }
 
-// terminate forwards sig to the worker and waits for it to stop.
+// terminate forwards sig to the worker and waits for it to stop. A SIGTERM
+// is the platform's (Heroku sends it to every process of the dyno): with
+// PlatformStopWait the worker gets the platform's time, not SHUTDOWN_WAIT.
 func (a *Agent) terminate(ctx context.Context, sig syscall.Signal) *ExitError {
-	e, err := a.Child.Terminate(ctx, sig)
+	var e *child.Exit
+	var err error
+	if sig == syscall.SIGTERM && a.Settings.PlatformStopWait > 0 {
+		e, err = a.Child.TerminateWithin(ctx, sig, a.Settings.PlatformStopWait)
+	} else {
+		e, err = a.Child.Terminate(ctx, sig)
+	}
 	switch {
 	case e != nil:
 		return &ExitError{Code: e.Code}
@@ -341,7 +360,10 @@ func (a *Agent) observe(ctx context.Context, trigger string) (Observation, bool)
 	a.Metrics.Sample(rss, a.Settings.Limit)
 	if now.Sub(a.st.sampleLoggedAt) >= 20*time.Second || trigger == "start" {
 		a.st.sampleLoggedAt = now
-		a.Logger.Info("memory", "event", "sample", "sample#memory_rss", bytesize.MB(rss), "sample#memory_limit", bytesize.MB(a.Settings.Limit), "state", a.st.state)
+		// source= and the dynocycle. prefix, as l2met and Librato group
+		// measurements: by dyno, and apart from Heroku's own memory_rss.
+		a.Logger.Info("memory", "event", "sample", "source", a.Settings.Dyno,
+			"sample#dynocycle.memory_rss", bytesize.MB(rss), "sample#dynocycle.memory_limit", bytesize.MB(a.Settings.Limit), "state", a.st.state)
 	}
 	return Observation{
 		RSS: rss, Uptime: now.Sub(startedAt),
@@ -441,15 +463,24 @@ func (a *Agent) restart(ctx context.Context, lease heartbeat.Lease, reason strin
 	a.setState(heartbeat.StateRestarting)
 	a.publish(ctx, rss)
 	log.Warn("restarting", "event", "restart", "rss", bytesize.MB(rss), "limit", bytesize.MB(a.Settings.Limit),
-		"count#dynocycle.restart", 1, a.topJobs())
+		"source", a.Settings.Dyno, "count#dynocycle.restart", 1, a.topJobs())
 	a.Metrics.Restart(reason)
-	if a.Restarter.ReplacesAgent() {
+	restarter := a.Restarter
+	if a.st.refused {
+		restarter = a.Fallback // the token known to be refused is not tried again
+	}
+	if restarter.ReplacesAgent() {
 		a.lease.mu.Lock()
 		a.lease.replaced = true
 		a.lease.mu.Unlock()
 		lease = a.handOver(ctx, lease, log)
 	}
-	next, err := a.Restarter.Restart(ctx, reason)
+	next, err := restarter.Restart(ctx, reason)
+	if err != nil && ctx.Err() == nil && errors.Is(err, ErrRestartRefused) && a.Fallback != nil && !a.st.refused {
+		next, err = a.restartInPlace(ctx, log, reason, err)
+	} else if a.st.refused {
+		a.Metrics.RestartFallback()
+	}
 	a.st.restarts++
 	a.st.lastReason = reason
 	a.st.last = Decision{}
@@ -474,6 +505,24 @@ func (a *Agent) restart(ctx context.Context, lease heartbeat.Lease, reason strin
 	a.setState(heartbeat.StateWatching)
 	log.Info("worker restarted in place", "event", "restarted", "restarts", a.st.restarts)
 	return nil
+}
+
+// restartInPlace carries out in place a restart the platform refused for
+// good: the new worker frees the same memory, where exiting would have the
+// platform crash-restart the dyno with growing back-off, again at every
+// restart. The refusal itself was logged, once, by the restarter. The lease,
+// handed over for a successor that will never come, is this agent's again:
+// it is released once the new worker is healthy, as after any restart in
+// place.
+func (a *Agent) restartInPlace(ctx context.Context, log *slog.Logger, reason string, refusal error) (Next, error) {
+	a.st.refused = true
+	a.lease.mu.Lock()
+	a.lease.replaced, a.lease.handedOver = false, false
+	a.lease.mu.Unlock()
+	a.Metrics.RestartFallback()
+	log.Warn("the platform refused the restart; restarting the worker in place instead, as every later restart of this dyno",
+		"event", "restart_fallback", "err", refusal)
+	return a.Fallback.Restart(ctx, reason)
 }
 
 // quietAndDrain quiets the worker and waits up to GRACE_TIME for its jobs to

@@ -262,6 +262,10 @@ func (c *fakeChild) Terminate(ctx context.Context, sig syscall.Signal) (*child.E
 	}
 	return &child.Exit{Code: c.code}, nil
 }
+func (c *fakeChild) TerminateWithin(ctx context.Context, sig syscall.Signal, wait time.Duration) (*child.Exit, error) {
+	c.rec.add(fmt.Sprintf("within:%v", wait))
+	return c.Terminate(ctx, sig)
+}
 func (c *fakeChild) Stop(context.Context) (*child.Exit, error) {
 	c.rec.add("stop")
 	return &child.Exit{Code: 0}, nil
@@ -872,4 +876,162 @@ func TestJobEndsBurstPublishesAtMostOncePerSecond(t *testing.T) {
 	clock.Add(publishEvery)
 	ends <- struct{}{}
 	testutil.Eventually(t, within, "a publish once a second has passed", func() bool { return fleet.count() == 2 })
+}
+
+// On Heroku the platform's SIGTERM reaches the worker too, and Heroku's own
+// KILL follows 30 s later: the worker gets that time (PlatformStopWait), not
+// SHUTDOWN_WAIT. An interrupt from a terminal keeps SHUTDOWN_WAIT.
+func TestThePlatformsTermGetsThePlatformsTime(t *testing.T) {
+	for _, tc := range []struct {
+		sig      syscall.Signal
+		platform time.Duration
+		within   bool
+	}{
+		{syscall.SIGTERM, 35 * time.Second, true},
+		{syscall.SIGINT, 35 * time.Second, false},
+		{syscall.SIGTERM, 0, false}, // off Heroku: SHUTDOWN_WAIT
+	} {
+		t.Run(fmt.Sprintf("%v/%v", tc.sig, tc.platform), func(t *testing.T) {
+			h := newHarness(t, 100*mb)
+			h.agent.Settings.PlatformStopWait = tc.platform
+			h.start()
+			h.meter.moreChecks(t, 1)
+			h.signals <- tc.sig
+			h.wait(t)
+			if got := h.rec.count("within:35s"); got != map[bool]int{true: 1, false: 0}[tc.within] {
+				t.Errorf("events %v: want the platform's wait %v", h.rec.list(), tc.within)
+			}
+			if h.rec.count("terminate:"+tc.sig.String()) != 1 {
+				t.Errorf("events %v: %v not forwarded once", h.rec.list(), tc.sig)
+			}
+		})
+	}
+}
+
+// countingMetrics counts the restarts done in place after a refusal.
+type countingMetrics struct {
+	nopMetrics
+	mu        sync.Mutex
+	fallbacks int
+}
+
+func (m *countingMetrics) RestartFallback() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.fallbacks++
+}
+
+func (m *countingMetrics) count() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.fallbacks
+}
+
+// The platform refuses the restart for good (a review app's token gets
+// 403): the worker is restarted in place instead of the agent exiting into
+// a crash loop; the lease handed over for a successor that will never come
+// is released once the new worker is healthy; the next restart goes in
+// place without asking the platform again; and when the agent ends the
+// lease is not left handed over.
+func TestARefusedPlatformRestartIsDoneInPlace(t *testing.T) {
+	h := newHarness(t, 600*mb)
+	h.agent.Settings.ConfirmAfter = 20 * time.Millisecond
+	h.restarter.next = Exit
+	h.restarter.err = fmt.Errorf("heroku api: 403 forbidden: %w", ErrRestartRefused)
+	h.restarter.onRestart = func() { h.rec.add("api") }
+	inPlace := &fakeRestarter{rec: h.rec, next: Continue, onRestart: func() {
+		h.rec.add("in_place")
+		h.child.restarted()
+	}}
+	h.agent.Fallback = inPlace
+	m := &countingMetrics{}
+	h.agent.Metrics = m
+	logs := &testutil.Buffer{}
+	h.agent.Logger = slog.New(slog.NewTextHandler(logs, nil))
+	h.start()
+	testutil.Eventually(t, within, "two restarts in place, each lease released", func() bool {
+		return h.rec.count("in_place") >= 2 && h.rec.count("release") >= 2
+	})
+	err := h.stop(t)
+	var ee *ExitError
+	if errors.As(err, &ee) && ee.Code != 0 {
+		t.Fatalf("agent ended with %v", err)
+	}
+	got := h.rec.list()
+	if n := h.rec.count("api"); n != 1 {
+		t.Errorf("the platform was asked %d times, want once: %v", n, got)
+	}
+	if n := h.rec.count("handover"); n != 1 {
+		t.Errorf("%d hand-overs, want only the one before the refused call: %v", n, got)
+	}
+	if h.rec.count("stop") != 0 {
+		t.Errorf("the worker was stopped as if the agent exited: %v", got)
+	}
+	first := slices.Index(got, "in_place")
+	second := first + 1 + slices.Index(got[first+1:], "in_place")
+	if !slices.Contains(got[first:second], "release") {
+		t.Errorf("events %v: the first restart's lease not released before the second", got)
+	}
+	if lease, held, _ := h.fleet.Local.Held(context.Background()); held {
+		t.Errorf("lease left %+v after the agent ended", lease)
+	}
+	if n := m.count(); n < 2 {
+		t.Errorf("%d fallbacks counted, want one per restart in place (>= 2)", n)
+	}
+	if n := strings.Count(logs.String(), "level=ERROR"); n != 0 {
+		t.Errorf("the agent logged %d errors; the refusal is logged once, by the restarter:\n%s", n, logs)
+	}
+	if n := strings.Count(logs.String(), "event=restart_fallback"); n != 1 {
+		t.Errorf("restart_fallback logged %d times, want once:\n%s", n, logs)
+	}
+}
+
+// A refusal with no worker to restart in place still ends the agent.
+func TestARefusedPlatformRestartWithoutFallbackExits(t *testing.T) {
+	h := newHarness(t, 600*mb)
+	h.restarter.next = Exit
+	h.restarter.err = fmt.Errorf("heroku api: 403 forbidden: %w", ErrRestartRefused)
+	h.start()
+	var ee *ExitError
+	if err := h.wait(t); !errors.As(err, &ee) || ee.Code != 1 {
+		t.Fatalf("err = %v, want exit 1", err)
+	}
+}
+
+// l2met and Librato group a measurement by name and source=: every
+// measurement line names its dyno, under dynocycle's own prefix, never
+// Heroku's memory_rss.
+func TestMeasurementLinesCarryTheirSourceAndPrefix(t *testing.T) {
+	h := newHarness(t, 600*mb)
+	h.restarter.onRestart = func() { h.meter.set(100 * mb); h.child.restarted() }
+	logs := &testutil.Buffer{}
+	h.agent.Logger = slog.New(slog.NewTextHandler(logs, nil))
+	h.start()
+	testutil.Eventually(t, within, "a restart", func() bool { return h.rec.count("restart:max_rss") == 1 })
+	h.stop(t)
+	var measured int
+	for _, l := range strings.Split(logs.String(), "\n") {
+		if !strings.Contains(l, "sample#") && !strings.Contains(l, "count#") && !strings.Contains(l, "measure#") {
+			continue
+		}
+		measured++
+		if !strings.Contains(l, " source=worker.1 ") {
+			t.Errorf("measurement without source=worker.1: %s", l)
+		}
+		for _, f := range strings.Fields(l) {
+			for _, p := range []string{"sample#", "count#", "measure#"} {
+				if strings.HasPrefix(f, p) && !strings.HasPrefix(f, p+"dynocycle.") {
+					t.Errorf("measurement %s outside the dynocycle. prefix: %s", f, l)
+				}
+			}
+		}
+	}
+	for _, want := range []string{"sample#dynocycle.memory_rss=600.0MB", "sample#dynocycle.memory_limit=500.0MB", "count#dynocycle.restart=1"} {
+		if !strings.Contains(logs.String(), want) {
+			t.Errorf("no %s in the log:\n%s", want, logs)
+		}
+	}
+	if measured < 2 {
+		t.Errorf("%d measurement lines", measured)
+	}
 }

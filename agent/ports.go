@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"syscall"
 	"time"
 
@@ -57,6 +58,9 @@ type Child interface {
 	// Terminate sends sig and waits for the worker to stop; it kills the
 	// worker when ctx ends first.
 	Terminate(ctx context.Context, sig syscall.Signal) (*child.Exit, error)
+	// TerminateWithin is Terminate with wait in place of the worker's
+	// SHUTDOWN_WAIT before the kill.
+	TerminateWithin(ctx context.Context, sig syscall.Signal, wait time.Duration) (*child.Exit, error)
 	// Stop is Terminate with the configured stop signal.
 	Stop(ctx context.Context) (*child.Exit, error)
 }
@@ -75,9 +79,17 @@ const (
 	AwaitTermination
 )
 
+// ErrRestartRefused marks a Restarter's error that retrying cannot fix: the
+// platform refused the restart for good (a token or app name that is wrong
+// for this app). The agent then restarts the worker in place instead, and
+// from then on, rather than exit into a crash loop.
+var ErrRestartRefused = errors.New("restart refused by the platform")
+
 // Restarter carries out a restart: it replaces a drained worker with a fresh
 // one (package platform).
 type Restarter interface {
+	// Restart carries the restart out. An error that matches
+	// ErrRestartRefused (errors.Is) is a permanent refusal.
 	Restart(ctx context.Context, reason string) (Next, error)
 	// ReplacesAgent reports whether another agent process carries on after
 	// the restart (the platform replaces the dyno, or a supervisor starts
@@ -96,6 +108,9 @@ type Metrics interface {
 	LeaseWait(d time.Duration)
 	FleetError(op string)
 	JobGrowth(jobs []heartbeat.JobGrowth)
+	// RestartFallback counts restarts done in place because the platform
+	// refused them (ErrRestartRefused).
+	RestartFallback()
 }
 
 type nopMetrics struct{}
@@ -107,3 +122,4 @@ func (nopMetrics) State(heartbeat.State)           {}
 func (nopMetrics) Restart(string)                  {}
 func (nopMetrics) Drain(time.Duration)             {}
 func (nopMetrics) LeaseWait(time.Duration)         {}
+func (nopMetrics) RestartFallback()                {}

@@ -248,6 +248,12 @@ func (p *Process) Stop(ctx context.Context) (*Exit, error) {
 // ShutdownWait (or until ctx ends) for the group to exit, then kills what is
 // left. It guarantees the group is gone when it returns nil.
 func (p *Process) Terminate(ctx context.Context, sig syscall.Signal) (*Exit, error) {
+	return p.TerminateWithin(ctx, sig, p.ShutdownWait)
+}
+
+// TerminateWithin is Terminate with wait in place of ShutdownWait: a stop
+// the platform started gets the time the platform gives, not dynocycle's own.
+func (p *Process) TerminateWithin(ctx context.Context, sig syscall.Signal, wait time.Duration) (*Exit, error) {
 	p.mu.Lock()
 	if p.cmd == nil {
 		p.mu.Unlock()
@@ -262,14 +268,14 @@ func (p *Process) Terminate(ctx context.Context, sig syscall.Signal) (*Exit, err
 		return nil, fmt.Errorf("signal worker group: %w", err)
 	}
 	defer g.stop() // from here on the group is gone when Terminate returns
-	log.Info("worker stopping", "event", "worker_stop", "pid", pgid, "signal", sigName(sig), "wait", p.ShutdownWait)
-	timer := time.NewTimer(p.ShutdownWait)
+	log.Info("worker stopping", "event", "worker_stop", "pid", pgid, "signal", sigName(sig), "wait", wait)
+	timer := time.NewTimer(wait)
 	defer timer.Stop()
 	// Wait for the leader, then for any process it left behind in the group.
 	for groupAlive(pgid) || !closed(done) {
 		select {
 		case <-timer.C:
-			log.Warn("worker did not stop in time, killing it", "event", "worker_kill", "pid", pgid, "wait", p.ShutdownWait)
+			log.Warn("worker did not stop in time, killing it", "event", "worker_kill", "pid", pgid, "wait", wait)
 			_ = syscall.Kill(-pgid, syscall.SIGKILL)
 			<-done
 			waitGroupGone(pgid)

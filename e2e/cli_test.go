@@ -171,7 +171,7 @@ func TestDemoRestartsWithoutWarningAndMatchesTheREADME(t *testing.T) {
 	// Numbers, the host's name and timestamps vary from run to run.
 	norm := func(s string) string {
 		s = regexp.MustCompile(`^time=\S+ `).ReplaceAllString(s, "")
-		s = regexp.MustCompile(`dyno=\S+`).ReplaceAllString(s, "dyno=D")
+		s = regexp.MustCompile(`\b(dyno|source)=\S+`).ReplaceAllString(s, "$1=D")
 		return regexp.MustCompile(`[0-9]+(\.[0-9]+)?`).ReplaceAllString(s, "N")
 	}
 	printed := map[string]bool{}

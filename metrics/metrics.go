@@ -33,6 +33,7 @@ type Metrics struct {
 	drain      prometheus.Histogram
 	leaseWait  prometheus.Histogram
 	apiErrors  *prometheus.CounterVec
+	fallbacks  prometheus.Counter
 	fleetErrs  *prometheus.CounterVec
 	jobGrowth  *prometheus.GaugeVec
 	jobRuns    *prometheus.GaugeVec
@@ -58,7 +59,9 @@ func New(dyno, version string) *Metrics {
 			Help: "Time from quiet to drained (or GRACE_TIME).", Buckets: []float64{1, 2, 5, 10, 20, 30, 60, 120, 300, 600}}),
 		leaseWait: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "dynocycle", Name: "lease_wait_seconds", ConstLabels: constLabels,
 			Help: "Time from wanting a restart to holding the fleet's lease.", Buckets: []float64{0.01, 0.1, 1, 5, 15, 30, 60, 120, 300, 900, 1800}}),
-		apiErrors:  prometheus.NewCounterVec(prometheus.CounterOpts(f("api_errors_total", "Failed Platform API calls, by HTTP status (0: no answer).")), []string{"status"}),
+		apiErrors: prometheus.NewCounterVec(prometheus.CounterOpts(f("api_errors_total", "Failed Platform API calls, by HTTP status (0: no answer).")), []string{"status"}),
+		fallbacks: prometheus.NewCounter(prometheus.CounterOpts(f("restart_fallbacks_total",
+			"Restarts done in place because the Platform API refused them for good (401, 403, 404: the token or app name)."))),
 		fleetErrs:  prometheus.NewCounterVec(prometheus.CounterOpts(f("redis_errors_total", "Failed fleet operations in Redis, by operation.")), []string{"op"}),
 		jobGrowth:  prometheus.NewGaugeVec(prometheus.GaugeOpts(f("job_memory_growth_bytes", "Memory growth attributed to a job class since the agent started.")), []string{"class"}),
 		jobRuns:    prometheus.NewGaugeVec(prometheus.GaugeOpts(f("job_runs", "Runs of a job class seen while attributing memory growth.")), []string{"class"}),
@@ -66,7 +69,7 @@ func New(dyno, version string) *Metrics {
 	}
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts(f("build_info", "dynocycle's version.")), []string{"version"})
 	build.WithLabelValues(version).Set(1)
-	reg.MustRegister(m.memory, m.limit, m.state, m.restarts, m.drain, m.leaseWait, m.apiErrors, m.fleetErrs,
+	reg.MustRegister(m.memory, m.limit, m.state, m.restarts, m.drain, m.leaseWait, m.apiErrors, m.fallbacks, m.fleetErrs,
 		m.jobGrowth, m.jobRuns, m.lastSample, build,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for _, s := range heartbeat.States {
@@ -115,6 +118,10 @@ func (m *Metrics) JobGrowth(jobs []heartbeat.JobGrowth) {
 		m.jobRuns.WithLabelValues(j.Class).Set(float64(j.Runs))
 	}
 }
+
+// RestartFallback counts a restart done in place because the platform
+// refused it.
+func (m *Metrics) RestartFallback() { m.fallbacks.Inc() }
 
 // APIError counts a failed Platform API call.
 func (m *Metrics) APIError(status int) { m.apiErrors.WithLabelValues(strconv.Itoa(status)).Inc() }

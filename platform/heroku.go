@@ -160,12 +160,14 @@ func checkNames(app, dyno string) error {
 // a fresh dyno with the same name. The agent stops the drained worker within
 // SHUTDOWN_WAIT and exits.
 //
-// On failure it returns (agent.Exit, err): the agent stops the worker and
-// exits non-zero, which Heroku treats as a crash and restarts the dyno anyway.
-// That happens without a request when App or Dyno is not in Heroku's forms
-// (see checkNames), at once on a permanent refusal (401, 403, 404, 422 and
-// other 4xx but 408 and 429), after MaxAttempts calls on 429, 5xx, network
-// errors and timeouts, or when ctx ends. The error never contains the token.
+// On failure it returns (agent.Exit, err). A permanent refusal, without a
+// request when App or Dyno is not in Heroku's forms (see checkNames), or at
+// once on 401, 403, 404, 422 and other 4xx but 408 and 429, matches
+// agent.ErrRestartRefused: the agent restarts the worker in place instead.
+// Otherwise (after MaxAttempts calls on 429, 5xx, network errors and
+// timeouts, or when ctx ends) the agent stops the worker and exits non-zero,
+// which Heroku treats as a crash and restarts the dyno anyway. The error
+// never contains the token.
 //
 // A call that timed out may still have been accepted; retrying it then at
 // worst restarts the fresh dyno once more. Cancel ctx when SIGTERM arrives so
@@ -173,7 +175,7 @@ func checkNames(app, dyno string) error {
 // 10 s timeouts plus the waits between them, longer while rate limited.
 func (h *Heroku) Restart(ctx context.Context, reason string) (agent.Next, error) {
 	if h.badName != nil {
-		return agent.Exit, h.redact(h.badName)
+		return agent.Exit, h.redact(&apiError{text: h.badName.Error(), cause: h.badName, refused: true})
 	}
 	b := &backoff.ExponentialBackOff{
 		InitialInterval:     h.opts.BackoffInitial,
@@ -266,7 +268,7 @@ func (h *Heroku) call(ctx context.Context) result {
 		res.err = &apiError{text: fmt.Sprintf("heroku api: %d %s", res.status, statusText(res.status, he.ID)), cause: err}
 	default:
 		res.permanent = true
-		res.err = &apiError{text: fmt.Sprintf("heroku api: %d %s: %s", res.status, statusText(res.status, he.ID), h.hint(res.status)), cause: err}
+		res.err = &apiError{text: fmt.Sprintf("heroku api: %d %s: %s", res.status, statusText(res.status, he.ID), h.hint(res.status)), cause: err, refused: true}
 	}
 	return res
 }
@@ -274,12 +276,17 @@ func (h *Heroku) call(ctx context.Context) result {
 // apiError is an answered call's error. Its text leaves out the API's
 // message (logged once by Restart); errors.As still finds the heroku.Error.
 type apiError struct {
-	text  string
-	cause error
+	text    string
+	cause   error
+	refused bool // a permanent refusal: errors.Is(err, agent.ErrRestartRefused)
 }
 
 func (e *apiError) Error() string { return e.text }
 func (e *apiError) Unwrap() error { return e.cause }
+
+// Is makes a permanent refusal match agent.ErrRestartRefused, so the agent
+// restarts in place instead of exiting into a crash loop.
+func (e *apiError) Is(target error) bool { return e.refused && target == agent.ErrRestartRefused }
 
 // hint names the likely cause of a permanent refusal.
 func (h *Heroku) hint(status int) string {
@@ -287,7 +294,7 @@ func (h *Heroku) hint(status int) string {
 	case http.StatusUnauthorized:
 		return "check HEROKU_API_TOKEN (missing, invalid, expired or revoked)"
 	case http.StatusForbidden:
-		return fmt.Sprintf("the token's user may not restart dynos of app %q; make it a collaborator on that app and use a write-scoped token", h.opts.App)
+		return fmt.Sprintf("the token's user may not restart dynos of app %q; make it a collaborator on that app (a review app is a new app: give the pipeline's review apps a token that reaches them) and use a write-scoped token", h.opts.App)
 	case http.StatusNotFound:
 		return fmt.Sprintf("no app %q or dyno %q; check HEROKU_APP_NAME and DYNO", h.opts.App, h.opts.Dyno)
 	case http.StatusPaymentRequired:

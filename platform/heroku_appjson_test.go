@@ -48,7 +48,16 @@ func TestAppJSON(t *testing.T) {
 	dec.DisallowUnknownFields() // a typo'd key would be silently ignored by Heroku
 	var app struct {
 		appJSON
-		Keywords []string `json:"keywords"`
+		Keywords     []string `json:"keywords"`
+		Environments struct {
+			Review appJSON `json:"review"`
+			Test   struct {
+				Env     map[string]string `json:"env"`
+				Scripts struct {
+					Test string `json:"test"`
+				} `json:"scripts"`
+			} `json:"test"`
+		} `json:"environments"`
 	}
 	if err := dec.Decode(&app); err != nil {
 		t.Fatalf("app.json: %v", err)
@@ -75,6 +84,44 @@ func TestAppJSON(t *testing.T) {
 	}
 
 	read := configVars(t)
+
+	// Review apps work as they are: each is a new app, which gets its own
+	// name only when it is declared required (fleet mode needs it with
+	// Redis), and may have no token, or one that is refused (403), in
+	// which case dynocycle restarts in place.
+	review := app.Environments.Review
+	if n, ok := review.Env["HEROKU_APP_NAME"]; !ok || n.Required == nil || !*n.Required {
+		t.Errorf("environments.review must declare HEROKU_APP_NAME required, so Heroku injects it: %+v", n)
+	}
+	if tok, ok := review.Env["HEROKU_API_TOKEN"]; !ok || tok.Required == nil || *tok.Required {
+		t.Errorf("environments.review must not require HEROKU_API_TOKEN: %+v", tok)
+	}
+	if w, ok := review.Formation["worker"]; !ok || w.Quantity == nil || *w.Quantity < 1 {
+		t.Errorf("environments.review.formation = %+v, want a worker", review.Formation)
+	}
+	if len(review.Addons) != 1 || !strings.Contains(string(review.Addons[0]), `"heroku-redis`) {
+		t.Errorf("environments.review.addons = %s, want heroku-redis", review.Addons)
+	}
+	for name, v := range review.Env {
+		if !read[name] || v.Description == "" {
+			t.Errorf("environments.review.env %s: not read by dynocycle, or no description", name)
+		}
+	}
+	// Heroku CI: a test script that runs the binary the build installed,
+	// with an environment check accepts without a dyno's memory limit.
+	test := app.Environments.Test
+	if !strings.Contains(test.Scripts.Test, "dynocycle check -- bloater") {
+		t.Errorf("environments.test.scripts.test = %q, want it to run dynocycle check on the Procfile's worker", test.Scripts.Test)
+	}
+	if test.Env["MAX_RSS"] == "" || test.Env["PLATFORM"] != "local" {
+		t.Errorf("environments.test.env = %v, want MAX_RSS (no container limit need be detected) and PLATFORM=local", test.Env)
+	}
+	for name := range test.Env {
+		if !read[name] {
+			t.Errorf("environments.test.env %s: dynocycle does not read it", name)
+		}
+	}
+
 	valid := regexp.MustCompile(`^[A-Z][A-Z0-9_]*$`)
 	for name, v := range app.Env {
 		if !valid.MatchString(name) {

@@ -2,6 +2,7 @@ package platform
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"strings"
 	"sync"
@@ -53,6 +54,9 @@ func TestNamesOutsideHerokusFormsAreNeverSent(t *testing.T) {
 			next, err := hs.restart(t, context.Background())
 			if next != agent.Exit || err == nil {
 				t.Fatalf("Restart = %v, %v; want Exit and an error", next, err)
+			}
+			if !errors.Is(err, agent.ErrRestartRefused) {
+				t.Errorf("error %q does not match agent.ErrRestartRefused", err)
 			}
 			for _, w := range []string{tc.want, "not sent", "accepted: a Heroku"} {
 				if !strings.Contains(err.Error(), w) {

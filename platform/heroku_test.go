@@ -209,6 +209,9 @@ func TestRestartGivesUpOnServerErrors(t *testing.T) {
 	if !strings.Contains(err.Error(), "gave up after 4 attempts") {
 		t.Errorf("error %q does not say it gave up", err)
 	}
+	if errors.Is(err, agent.ErrRestartRefused) {
+		t.Errorf("error %q after 5xx answers reads as a permanent refusal: the agent would not crash-restart the dyno", err)
+	}
 }
 
 func TestRestartPermanentRefusals(t *testing.T) {
@@ -230,6 +233,10 @@ func TestRestartPermanentRefusals(t *testing.T) {
 			}
 			if !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("error %q lacks %q", err, tc.want)
+			}
+			// So the agent restarts in place rather than crash-loop the dyno.
+			if !errors.Is(err, agent.ErrRestartRefused) {
+				t.Errorf("error %q does not match agent.ErrRestartRefused", err)
 			}
 			if n := len(hs.fake.Calls()); n != 1 {
 				t.Errorf("%d calls, want 1: a %d is not retried", n, tc.status)

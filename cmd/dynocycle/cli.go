@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/dynocycle/dynocycle/agent"
 	"github.com/dynocycle/dynocycle/child"
@@ -139,6 +140,9 @@ func (c *CLI) check(args []string, stdout, stderr io.Writer) int {
 	if cfg.OneOff() {
 		fmt.Fprintf(stdout, "# DYNO=%s is a one-off dyno: there run only runs the command\n", cfg.Dyno)
 	}
+	for _, w := range stopWarnings(onHeroku(cfg, p.platform), cfg.ShutdownWait.D(), command) {
+		fmt.Fprintf(stdout, "# warning: %s\n", w)
+	}
 	return exitOK
 }
 
@@ -191,10 +195,10 @@ func (c *CLI) run(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if cfg.OneOff() {
 		// One-off, scheduler and release dynos end by themselves: just run.
 		log.Info("one-off dyno: running the command without watching it", "event", "one_off", "dyno", cfg.Dyno)
-		return runPlain(proc, sigs, log)
+		return runPlain(proc, sigs, platformStopWait(true, cfg.ShutdownWait.D()), log)
 	}
 
-	svc, err := c.buildAgent(ctx, cfg, proc, log)
+	svc, err := c.buildAgent(ctx, cfg, proc, args, log)
 	if err != nil {
 		if code, ok := configError(stderr, err); ok {
 			return code
@@ -246,8 +250,9 @@ func (c *CLI) signals(ctx context.Context, log *slog.Logger) (sigs <-chan os.Sig
 	return out, func() { unsubscribe(); close(done) }
 }
 
-// runPlain runs the command with signal forwarding and nothing else.
-func runPlain(proc *child.Process, sigs <-chan os.Signal, log *slog.Logger) int {
+// runPlain runs the command with signal forwarding and nothing else. The
+// platform's SIGTERM gives the command termWait, as for a watched worker.
+func runPlain(proc *child.Process, sigs <-chan os.Signal, termWait time.Duration, log *slog.Logger) int {
 	if proc == nil {
 		return exitOK
 	}
@@ -261,7 +266,11 @@ func runPlain(proc *child.Process, sigs <-chan os.Signal, log *slog.Logger) int 
 			return e.Code
 		case s := <-sigs:
 			sig, _ := s.(syscall.Signal)
-			e, _ := proc.Terminate(context.Background(), sig)
+			wait := proc.ShutdownWait
+			if sig == syscall.SIGTERM {
+				wait = termWait
+			}
+			e, _ := proc.TerminateWithin(context.Background(), sig, wait)
 			if e == nil {
 				return exitOK
 			}

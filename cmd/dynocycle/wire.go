@@ -61,7 +61,7 @@ func runService(ctx context.Context, svc *service) error {
 	return g.Wait()
 }
 
-func (c *CLI) buildAgent(ctx context.Context, cfg *config.Config, proc *child.Process, log *slog.Logger) (*service, error) {
+func (c *CLI) buildAgent(ctx context.Context, cfg *config.Config, proc *child.Process, command []string, log *slog.Logger) (*service, error) {
 	var pid func() int // nil: no worker, the whole machine is measured
 	if proc != nil {
 		pid = proc.Pid
@@ -96,7 +96,8 @@ func (c *CLI) buildAgent(ctx context.Context, cfg *config.Config, proc *child.Pr
 		Policy: policy, Limit: limit,
 		CheckSchedule: cfg.CheckSchedule, GraceTime: cfg.GraceTime.D(),
 		ConfirmAfter: cfg.ConfirmAfter.D(), DryRun: cfg.DryRun, Dyno: dyno, Version: Version(),
-		TerminationWait: 60*time.Second + cfg.ShutdownWait.D(),
+		TerminationWait:  60*time.Second + cfg.ShutdownWait.D(),
+		PlatformStopWait: platformStopWait(onHeroku(cfg, plat), cfg.ShutdownWait.D()),
 	}
 	if cfg.RestartSchedule.Set() {
 		settings.RestartSchedule = cfg.RestartSchedule
@@ -197,6 +198,10 @@ func (c *CLI) buildAgent(ctx context.Context, cfg *config.Config, proc *child.Pr
 			opts.OnFailure = prom.APIError
 		}
 		a.Restarter = platform.NewHeroku(opts)
+		if proc != nil {
+			// A permanent refusal (a review app's token) restarts in place.
+			a.Fallback = &platform.Local{Process: proc}
+		}
 	}
 	// Bound last, before the worker starts: an address that cannot be bound
 	// is a configuration error (see metrics.Server).
@@ -211,6 +216,9 @@ func (c *CLI) buildAgent(ctx context.Context, cfg *config.Config, proc *child.Pr
 		}
 		closeFleet := svc.close
 		svc.close = func() { _ = metricsServer.Close(); closeFleet() }
+	}
+	for _, w := range stopWarnings(onHeroku(cfg, plat), cfg.ShutdownWait.D(), command) {
+		log.Warn(w, "event", "config_warning")
 	}
 	log.Info("agent starting", "event", "agent_start", "dyno", dyno, "version", Version(), "platform", plat,
 		"memory_source", meter.Source, "limit", bytesize.MB(limit), "critical", cfg.CriticalRSS.String(),
@@ -235,10 +243,6 @@ func newWorker(cfg *config.Config, proc *child.Process, meter *memory.Meter, cli
 	}
 	if cfg.Worker == config.WorkerSidekiq && !cfg.QuietSignal.Set() {
 		signals.QuietSignal = syscall.SIGTSTP // Sidekiq's quiet signal, should its records be missing
-	}
-	if t, ok := sidekiq.ShutdownTimeout(proc.Args); ok && t+5*time.Second > cfg.ShutdownWait.D() {
-		log.Warn("SHUTDOWN_WAIT is shorter than Sidekiq's -t plus 5s: a busy Sidekiq may be killed before it hands its jobs back",
-			"event", "config_warning", "sidekiq_timeout", t, "shutdown_wait", cfg.ShutdownWait.D())
 	}
 	return signals, &sidekiq.Worker{
 		Reader:   &sidekiq.Reader{Client: client, Namespace: cfg.SidekiqNamespace, Logger: log},
