@@ -112,7 +112,7 @@ func (c *CLI) buildAgent(ctx context.Context, cfg *config.Config, proc *child.Pr
 	fleetKind := "standalone"
 	var client *redis.Client
 	if cfg.Redis() != "" {
-		client, err = connectRedis(ctx, cfg, plat == config.PlatformHeroku, log)
+		client, err = connectRedis(ctx, cfg, plat == config.PlatformHeroku, dyno, log)
 		if err != nil {
 			return nil, err
 		}
@@ -220,14 +220,14 @@ func newWorker(cfg *config.Config, proc *child.Process, meter *memory.Meter, cli
 // connectRedis opens the coordination store. go-redis logs dial failures
 // through a package-level logger; it is pointed at ours (at debug level,
 // since the agent logs its own errors) once, here, where the process is set up.
-func connectRedis(ctx context.Context, cfg *config.Config, onHeroku bool, log *slog.Logger) (*redis.Client, error) {
+func connectRedis(ctx context.Context, cfg *config.Config, onHeroku bool, dyno string, log *slog.Logger) (*redis.Client, error) {
 	redis.SetLogger(redisLogger{log})
 	name := "REDIS_URL"
 	if cfg.RedisTLSURL != "" {
 		name = "REDIS_TLS_URL"
 	}
 	client, err := heartbeat.Connect(ctx, heartbeat.ConnectOptions{
-		URL: string(cfg.Redis()), TLSVerify: cfg.RedisTLSVerify, OnHeroku: onHeroku, Logger: log,
+		URL: string(cfg.Redis()), TLSVerify: cfg.RedisTLSVerify, OnHeroku: onHeroku, Dyno: dyno, Logger: log,
 	})
 	if err != nil {
 		return nil, &config.Error{Var: name, Problem: err.Error(), Accepted: "redis://[user:password@]host:port[/db] or rediss:// for TLS"}
