@@ -88,9 +88,12 @@ func (c *CLI) buildAgent(ctx context.Context, cfg *config.Config, proc *child.Pr
 	if dyno == "" {
 		dyno, _ = os.Hostname()
 	}
+	// Each dyno checks at its own phase of the interval, so a fleet's agents
+	// do not all call Redis on the same whole second.
+	phase := agent.Phase(appName(cfg), dyno, agent.Interval(cfg.CheckSchedule, time.Now()))
 	settings := agent.Settings{
 		Policy: policy, Limit: limit,
-		CheckSchedule: cfg.CheckSchedule, GraceTime: cfg.GraceTime.D(),
+		CheckSchedule: agent.Phased(cfg.CheckSchedule, phase), GraceTime: cfg.GraceTime.D(),
 		ConfirmAfter: cfg.ConfirmAfter.D(), DryRun: cfg.DryRun, Dyno: dyno, Version: Version(),
 		TerminationWait: 60*time.Second + cfg.ShutdownWait.D(),
 	}
@@ -179,7 +182,7 @@ func (c *CLI) buildAgent(ctx context.Context, cfg *config.Config, proc *child.Pr
 	}
 	log.Info("agent starting", "event", "agent_start", "dyno", dyno, "version", Version(), "platform", plat,
 		"memory_source", meter.Source, "limit", bytesize.MB(limit), "critical", cfg.CriticalRSS.String(),
-		"check", cfg.CheckSchedule.String(), "fleet", fleetKind, "dry_run", cfg.DryRun)
+		"check", cfg.CheckSchedule.String(), "check_phase", phase, "fleet", fleetKind, "dry_run", cfg.DryRun)
 	return svc, nil
 }
 
