@@ -49,7 +49,7 @@ type Config struct {
 	JobMB      int     // memory each BloatJob retains; default 4
 	JobsPerSec float64 // the job stream; default 0.8
 	// Faults is how many faults to inject, spread over the run after a
-	// warm-up; at least one of each kind when >= 4. Default: one a minute, at least 4.
+	// warm-up; at least one of each kind when >= 6. Default: one a minute, at least 6.
 	Faults int
 	Grace  time.Duration // the dyno manager's SIGTERM to SIGKILL; default 30s, as on Heroku
 
@@ -85,7 +85,7 @@ func (c *Config) defaults() {
 		c.JobsPerSec = 0.8
 	}
 	if c.Faults <= 0 {
-		c.Faults = max(4, int(c.Duration/time.Minute))
+		c.Faults = max(6, int(c.Duration/time.Minute))
 	}
 	if c.Grace <= 0 {
 		c.Grace = 30 * time.Second
@@ -288,6 +288,9 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	res.FinalStops = sim.Close()
 	if second.started {
+		// A new app's fleet settles before its first lease (BOOT_ALLOWANCE):
+		// give it time for one restart, however late it started.
+		waitSecondRestart(ctx, second.sim, 60*time.Second)
 		_ = second.sim.Close()
 		rep := second.sim.Report()
 		res.SecondApp, res.SecondMaxConcurrent = true, rep.MaxConcurrent
@@ -830,4 +833,21 @@ func (p *prefixWriter) Write(b []byte) (int, error) {
 		return 0, err
 	}
 	return len(b), nil
+}
+
+// waitSecondRestart waits up to max until the second app has completed a
+// restart and has none under way.
+func waitSecondRestart(ctx context.Context, sim *dynosim.Sim, max time.Duration) {
+	deadline := time.Now().Add(max)
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		rep := sim.Report()
+		done := 0
+		for _, n := range rep.Restarts {
+			done += n
+		}
+		if done > 0 && len(rep.Open) == 0 {
+			return
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
 }
