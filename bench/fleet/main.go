@@ -93,7 +93,7 @@ func main() {
 	if *part == "all" || *part == "storm" {
 		fmt.Println("## Restart storms")
 		fmt.Println()
-		fmt.Println("| N | K | mean hold | ceil(N/K) × hold | last served | ratio (goal ≤ 1.2) | longest wait for a lease | (ceil(N/K) − 1) × hold | most leases at once (by log stamps) | longest over K | restarts |")
+		fmt.Println("| N | K | mean hold | ceil(N/K) × hold | last served | ratio (goal ≤ 1.2) | longest wait for a lease | (ceil(N/K) − 1) × hold | most leases at once: by log stamps (longest over K) | by each slot's token order | restarts |")
 		fmt.Println("|---|---|---|---|---|---|---|---|---|---|---|")
 		for _, n := range ints(*stormNs) {
 			for _, k := range ints(*ks) {
@@ -102,10 +102,13 @@ func main() {
 					fail(err)
 				}
 				rounds := time.Duration(math.Ceil(float64(n) / float64(k)))
-				fmt.Printf("| %d | %d | %s | %s | %s | %.2f | %s | %s | %d | %s | %d |\n",
+				fmt.Printf("| %d | %d | %s | %s | %s | %.2f | %s | %s | %d (%s) | %d (%d releases read after the slot's next grant) | %d |\n",
 					n, k, secs(r.meanHold), secs(rounds*r.meanHold), secs(r.lastServed),
 					float64(r.lastServed)/float64(rounds*r.meanHold), secs(r.longestWait), secs((rounds-1)*r.meanHold),
-					r.mostAtOnce, ms(r.overK), r.restarts)
+					r.mostAtOnce, ms(r.overK), r.mostBySlot, r.lateReleases, r.restarts)
+				if r.tokenDisorder > 0 {
+					fmt.Printf("\n**%d grants read before a grant of a lower token in the same slot.**\n\n", r.tokenDisorder)
+				}
 			}
 		}
 	}
@@ -244,9 +247,20 @@ type fleet struct {
 }
 
 type event struct {
-	at    time.Time
-	dyno  string
-	event string
+	at          time.Time
+	dyno        string
+	event       string
+	slot, token string // of a lease event
+}
+
+// field is the value of key=value in a logfmt line, or "".
+func field(line, key string) string {
+	i := strings.Index(line, " "+key+"=")
+	if i < 0 {
+		return ""
+	}
+	v, _, _ := strings.Cut(line[i+len(key)+2:], " ")
+	return v
 }
 
 func (b *bench) startAgent(f *fleet, dyno string, env []string, worker ...string) error {
@@ -275,7 +289,7 @@ func (b *bench) startAgent(f *fleet, dyno string, env []string, worker ...string
 			}
 			ev, _, _ := strings.Cut(line[i+len("event="):], " ")
 			f.mu.Lock()
-			f.events = append(f.events, event{at: at, dyno: dyno, event: ev})
+			f.events = append(f.events, event{at: at, dyno: dyno, event: ev, slot: field(line, "slot"), token: field(line, "token")})
 			f.mu.Unlock()
 		}
 	})
@@ -527,6 +541,8 @@ type stormResult struct {
 	meanHold, lastServed, longestWait time.Duration
 	mostAtOnce, restarts              int
 	overK                             time.Duration // the longest time more than K were counted
+	mostBySlot                        int           // with each slot's leases ordered by token
+	lateReleases, tokenDisorder       int
 }
 
 func (b *bench) storm(n, k int, hold time.Duration) (stormResult, error) {
@@ -580,21 +596,27 @@ func (b *bench) storm(n, k int, hold time.Duration) (stormResult, error) {
 	}
 
 	// Intervals of each dyno's leases, from its own log lines.
-	type iv struct{ from, to time.Time }
-	open := map[string]time.Time{}
+	type iv struct {
+		from, to time.Time
+		slot     string
+		token    int
+	}
+	open := map[string]iv{}
 	first := map[string]time.Time{}
 	served := map[string]time.Time{}
 	var ivs []iv
 	for _, e := range f.snapshot() {
 		switch e.event {
 		case "lease_acquired":
-			open[e.dyno] = e.at
+			tok, _ := strconv.Atoi(e.token)
+			open[e.dyno] = iv{from: e.at, slot: e.slot, token: tok}
 			if _, ok := first[e.dyno]; !ok {
 				first[e.dyno] = e.at
 			}
 		case "lease_released":
-			if from, ok := open[e.dyno]; ok {
-				ivs = append(ivs, iv{from, e.at})
+			if v, ok := open[e.dyno]; ok {
+				v.to = e.at
+				ivs = append(ivs, v)
 				delete(open, e.dyno)
 				if _, ok := served[e.dyno]; !ok {
 					served[e.dyno] = e.at
@@ -603,41 +625,39 @@ func (b *bench) storm(n, k int, hold time.Duration) (stormResult, error) {
 		}
 	}
 	var sum time.Duration
-	type edge struct {
-		at time.Time
-		d  int
-	}
-	var edges []edge
 	for _, v := range ivs {
 		sum += v.to.Sub(v.from)
-		edges = append(edges, edge{v.from, +1}, edge{v.to, -1})
 	}
-	for _, from := range open { // still held at the end
-		edges = append(edges, edge{from, +1})
+	var held []iv
+	for _, v := range open { // still held at the end
+		held = append(held, v)
 	}
-	slices.SortFunc(edges, func(a, b edge) int {
-		if c := a.at.Compare(b.at); c != 0 {
-			return c
+	r.mostAtOnce, r.overK = mostAtOnce(append(slices.Clone(ivs), held...), k, func(v iv) (time.Time, time.Time) { return v.from, v.to })
+	// Redis grants a slot's next token only after its previous lease is
+	// gone, so within a slot a release logged after the next grant was read
+	// late: end it at that grant, and count again.
+	bySlot := map[string][]iv{}
+	for _, v := range append(slices.Clone(ivs), held...) {
+		if v.slot == "" || v.token == 0 {
+			return r, fmt.Errorf("storm N=%d K=%d: a lease_acquired line without slot and token", n, k)
 		}
-		return a.d - b.d // a release before an acquire at the same instant
-	})
-	// The stamps are when the bench read each line, so a release logged a
-	// few milliseconds late can overlap the next grant of its slot, which
-	// Redis made strictly after it: how long more than K were counted says
-	// whether it is that or a real overlap.
-	cur := 0
-	var overSince time.Time
-	for _, e := range edges {
-		cur += e.d
-		r.mostAtOnce = max(r.mostAtOnce, cur)
-		switch {
-		case cur > k && overSince.IsZero():
-			overSince = e.at
-		case cur <= k && !overSince.IsZero():
-			r.overK = max(r.overK, e.at.Sub(overSince))
-			overSince = time.Time{}
-		}
+		bySlot[v.slot] = append(bySlot[v.slot], v)
 	}
+	var ordered []iv
+	for _, list := range bySlot {
+		slices.SortFunc(list, func(a, b iv) int { return a.token - b.token })
+		for i := range list {
+			if i+1 < len(list) && !list[i].to.IsZero() && list[i+1].from.Before(list[i].to) {
+				r.lateReleases++
+				list[i].to = list[i+1].from
+			}
+			if i+1 < len(list) && list[i+1].from.Before(list[i].from) {
+				r.tokenDisorder++ // a later token granted before an earlier one: never expected
+			}
+		}
+		ordered = append(ordered, list...)
+	}
+	r.mostBySlot, _ = mostAtOnce(ordered, k, func(v iv) (time.Time, time.Time) { return v.from, v.to })
 	r.restarts = len(ivs)
 	r.meanHold = sum / time.Duration(len(ivs))
 	for d, at := range served {
@@ -645,6 +665,43 @@ func (b *bench) storm(n, k int, hold time.Duration) (stormResult, error) {
 		r.longestWait = max(r.longestWait, first[d].Sub(t0))
 	}
 	return r, nil
+}
+
+// mostAtOnce is the most intervals open at once (an open one has a zero
+// end) and the longest time more than k were.
+func mostAtOnce[T any](ivs []T, k int, span func(T) (time.Time, time.Time)) (most int, overK time.Duration) {
+	type edge struct {
+		at time.Time
+		d  int
+	}
+	var edges []edge
+	for _, v := range ivs {
+		from, to := span(v)
+		edges = append(edges, edge{from, +1})
+		if !to.IsZero() {
+			edges = append(edges, edge{to, -1})
+		}
+	}
+	slices.SortFunc(edges, func(a, b edge) int {
+		if c := a.at.Compare(b.at); c != 0 {
+			return c
+		}
+		return a.d - b.d // a release before an acquire at the same instant
+	})
+	cur := 0
+	var overSince time.Time
+	for _, e := range edges {
+		cur += e.d
+		most = max(most, cur)
+		switch {
+		case cur > k && overSince.IsZero():
+			overSince = e.at
+		case cur <= k && !overSince.IsZero():
+			overK = max(overK, e.at.Sub(overSince))
+			overSince = time.Time{}
+		}
+	}
+	return most, overK
 }
 
 // servedAfter counts the dynos whose first restart after t0 is done (their
