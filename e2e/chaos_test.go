@@ -63,6 +63,11 @@ func TestChaosSmallFleet(t *testing.T) {
 			t.Errorf("fault %s was not injected", k)
 		}
 	}
+	for _, f := range res.Faults {
+		if f.Kind == harness.FaultFlushAll && f.Dyno == "" {
+			t.Error("FLUSHALL came while no dyno was restarting")
+		}
+	}
 	if len(res.Cycles) == 0 {
 		t.Error("no restart completed")
 	}

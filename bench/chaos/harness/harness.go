@@ -98,8 +98,9 @@ const (
 	FaultRedisDown = "redis_down" // redis-server killed, started again on the same data
 	FaultAPI429    = "api_429"    // the Platform API answers 429 to every call
 	FaultAPI500    = "api_500"    // the Platform API answers 500 to every call
-	// FLUSHALL while a restart is under way (waited for, up to half the
-	// fault's slot): Redis loses the fleet's leases, queue and epoch, as
+	// FLUSHALL while a restart is under way (the last fault of the
+	// schedule; it waits up to flushWait, past the end of the load if need
+	// be, for a restart to start): Redis loses the fleet's leases, queue and epoch, as
 	// after a failover to an empty replica. The app's queue and the jobs'
 	// records are read and flushed in one transaction and written back at
 	// once: a flush drops queued jobs whatever the supervisor does, and the
@@ -421,6 +422,11 @@ func schedule(cfg Config, rng *mrand.Rand) []planned {
 		seq = append(seq, perm...)
 	}
 	seq = seq[:cfg.Faults]
+	// A FLUSHALL waits for a restart to be under way, past the end of the
+	// load if need be: it comes last, so that no other fault waits for it.
+	slices.SortStableFunc(seq, func(a, b string) int {
+		return boolInt(a == FaultFlushAll) - boolInt(b == FaultFlushAll)
+	})
 	warm := min(30*time.Second, cfg.Duration/3)
 	slot := (cfg.Duration - warm) / time.Duration(cfg.Faults)
 	var out []planned
@@ -439,10 +445,6 @@ func schedule(cfg Config, rng *mrand.Rand) []planned {
 // always healed (Redis up again, the API answering 202).
 func inject(ctx context.Context, cfg Config, rng *mrand.Rand, plan []planned, sim *dynosim.Sim, fake *fakeheroku.Server,
 	rs *redisServer, client *redis.Client, second *secondApp) []Fault {
-	slot := cfg.Duration
-	if len(plan) > 0 {
-		slot = (cfg.Duration - plan[0].at) / time.Duration(len(plan))
-	}
 	start := time.Now()
 	var out []Fault
 	for _, p := range plan {
@@ -466,7 +468,7 @@ func inject(ctx context.Context, cfg Config, rng *mrand.Rand, plan []planned, si
 		case FaultAPI500:
 			fake.QueueStatus(slices.Repeat([]int{http.StatusInternalServerError}, api500Calls)...)
 		case FaultFlushAll:
-			f.Dyno = waitRestarting(ctx, sim, slot/2)
+			f.Dyno = waitRestarting(context.WithoutCancel(ctx), sim, flushWait)
 			f.Start = time.Now()
 			if err := flushKeepingJobs(ctx, client); err != nil {
 				cfg.logf("flushall: %v", err)
@@ -688,6 +690,16 @@ func Percentile(ds []time.Duration, p float64) time.Duration {
 type quietLogger struct{}
 
 func (quietLogger) Printf(context.Context, string, ...any) {}
+
+// flushWait bounds how long a FLUSHALL waits for a restart to be under way.
+const flushWait = 2 * time.Minute
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
 
 // waitRestarting waits up to max for a dyno of sim to be in a restart and
 // returns its name ("" if none came).
