@@ -282,9 +282,11 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		time.Sleep(time.Second)
 	}
 	// A restart still under way finishes before the fleet is stopped, so
-	// that its interval closes; bounded.
-	settleDeadline := time.Now().Add(90 * time.Second)
-	for time.Now().Before(settleDeadline) && len(sim.Report().Open) > 0 && ctx.Err() == nil {
+	// that its interval closes, and a restart already wanted is carried out
+	// (a FLUSHALL near the end holds every new lease back for
+	// BOOT_ALLOWANCE); bounded.
+	settleDeadline := time.Now().Add(2 * time.Minute)
+	for time.Now().Before(settleDeadline) && (len(sim.Report().Open) > 0 || wantPending(sim)) && ctx.Err() == nil {
 		time.Sleep(500 * time.Millisecond)
 	}
 	res.FinalStops = sim.Close()
@@ -862,4 +864,24 @@ func waitSecondRestart(ctx context.Context, sim *dynosim.Sim, max time.Duration)
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
+}
+
+// wantPending reports whether a dyno has wanted a restart (event
+// restart_wanted) and not started a new worker since.
+func wantPending(sim *dynosim.Sim) bool {
+	wanted, started := map[string]time.Time{}, map[string]time.Time{}
+	for _, l := range sim.Lines() {
+		switch {
+		case strings.Contains(l.Text, "event=restart_wanted"):
+			wanted[l.Dyno] = l.Time
+		case strings.Contains(l.Text, "event=worker_start"):
+			started[l.Dyno] = l.Time
+		}
+	}
+	for dyno, at := range wanted {
+		if at.After(started[dyno]) {
+			return true
+		}
+	}
+	return false
 }
