@@ -14,6 +14,16 @@ agent=$!
 trap 'kill -TERM $agent 2>/dev/null; wait $agent 2>/dev/null || true' EXIT
 
 sleep "$secs"
+# Measure only a live agent that still supervises a live worker: a process
+# that exited (or a zombie) would give an empty or meaningless row.
+state=$(awk '/^State/ {print $2}' /proc/$agent/status 2>/dev/null || true)
+case "$state" in
+  ""|Z|X) echo "footprint: the agent (pid $agent) is not alive after ${secs}s (state '${state}')" >&2; exit 1 ;;
+esac
+worker=$(pgrep -P "$agent" -x bloater || true)
+if [ -z "$worker" ] || [ "$(awk '/^State/ {print $2}' /proc/$worker/status 2>/dev/null)" = Z ]; then
+  echo "footprint: the agent (pid $agent) has no live bloater worker after ${secs}s" >&2; exit 1
+fi
 rss=$(awk '/^VmRSS/ {print $2}' /proc/$agent/status)
 hwm=$(awk '/^VmHWM/ {print $2}' /proc/$agent/status)
 anon=$(awk '/^RssAnon/ {print $2}' /proc/$agent/status)

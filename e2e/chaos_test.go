@@ -16,10 +16,12 @@ import (
 
 // The small version of the fleet chaos run (bench/chaos runs the full one):
 // three real Sidekiq dynos under dynocycle, one of them ignoring TSTP, a
-// minute of bloating jobs, and one of each fault: an agent SIGKILLed,
-// redis-server killed and started again, the Platform API answering 429 and
-// then 500 for a while. Every invariant must hold: never two dynos
-// restarting at once, no job lost, every bloated dyno cycled, no agent hung.
+// minute and a half of bloating jobs, and one of each fault: an agent
+// SIGKILLed, redis-server killed and started again, the Platform API
+// answering 429 and then 500 for a while, FLUSHALL while a dyno restarts,
+// and a second app starting on the same Redis with the same dyno names.
+// Every invariant must hold: never two dynos of an app restarting at once,
+// no job lost, every bloated dyno cycled, no agent hung.
 func TestChaosSmallFleet(t *testing.T) {
 	requireOnPath(t, "sidekiq")
 	requireOnPath(t, "redis-server")
@@ -37,7 +39,7 @@ func TestChaosSmallFleet(t *testing.T) {
 	defer cancel()
 	res, err := harness.Run(ctx, harness.Config{
 		Root: root, Agent: filepath.Join(bin, "dynocycle"), Dir: t.TempDir(),
-		Dynos: 3, Duration: 75 * time.Second, Seed: 6, Slots: 1, Faults: 4,
+		Dynos: 3, Duration: 100 * time.Second, Seed: 6, Slots: 1, Faults: 6,
 		MaxRSSMB: 100, JobMB: 4, JobsPerSec: 1.5,
 		// Shorter than Heroku's 30 s, longer than the agents' SHUTDOWN_WAIT.
 		Grace:    20 * time.Second,
@@ -55,13 +57,22 @@ func TestChaosSmallFleet(t *testing.T) {
 	for _, f := range res.Faults {
 		kinds[f.Kind] = true
 	}
-	for _, k := range []string{harness.FaultKillAgent, harness.FaultRedisDown, harness.FaultAPI429, harness.FaultAPI500} {
+	for _, k := range []string{harness.FaultKillAgent, harness.FaultRedisDown, harness.FaultAPI429, harness.FaultAPI500,
+		harness.FaultFlushAll, harness.FaultSecondApp} {
 		if !kinds[k] {
 			t.Errorf("fault %s was not injected", k)
 		}
 	}
+	for _, f := range res.Faults {
+		if f.Kind == harness.FaultFlushAll && f.Dyno == "" {
+			t.Error("FLUSHALL came while no dyno was restarting")
+		}
+	}
 	if len(res.Cycles) == 0 {
 		t.Error("no restart completed")
+	}
+	if !res.SecondApp || res.SecondRestarts == 0 {
+		t.Errorf("the second app ran %v and restarted %d times: its slots were not exercised", res.SecondApp, res.SecondRestarts)
 	}
 	// The picture is well-formed SVG with a curve per dyno and the limit.
 	var svg strings.Builder

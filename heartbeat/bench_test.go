@@ -30,10 +30,6 @@ func benchmarkHandoff(b *testing.B, poll time.Duration) {
 	fleets := make([]*Redis, waiters)
 	for i := range fleets {
 		fleets[i] = newFleet(b, srv, RedisOptions{Dyno: fmt.Sprintf("worker.%d", i+1), Settle: -1, LeaseTTL: time.Minute})
-		if poll == 0 {
-			subscribe(b, fleets[i])
-			waitSignal(b, fleets[i].SlotFreed(), 10*time.Second, "subscribed")
-		}
 	}
 	seed := newFleet(b, srv, RedisOptions{Dyno: "seed.1", Settle: -1, LeaseTTL: time.Minute})
 	ctx, cancel := context.WithCancel(context.Background())
@@ -41,6 +37,16 @@ func benchmarkHandoff(b *testing.B, poll time.Duration) {
 	lease, err := seed.Acquire(ctx)
 	if err != nil {
 		b.Fatal(err)
+	}
+	if poll == 0 {
+		// Only a waiter subscribes: each asks once, then listens.
+		for _, f := range fleets {
+			if _, err := f.Acquire(ctx); err == nil {
+				b.Fatal("a waiter took the seed's slot")
+			}
+			subscribe(b, f)
+			waitSignal(b, f.SlotFreed(), 10*time.Second, "subscribed")
+		}
 	}
 
 	var (

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -102,6 +103,13 @@ type Redis struct {
 	keys          redisKeys
 
 	freed chan struct{}
+
+	// waiting is true while this dyno is in the queue for a slot: only then
+	// does Run hold a subscription (a second connection) to hear of
+	// releases. waitChanged wakes Run when it flips.
+	mu          sync.Mutex
+	waiting     bool
+	waitChanged chan struct{}
 }
 
 // RedisOptions configures a Redis fleet.
@@ -228,6 +236,7 @@ func NewRedis(client *redis.Client, opts RedisOptions) *Redis {
 		now:           opts.Now,
 		keys:          newRedisKeys(opts.App, opts.Slots),
 		freed:         make(chan struct{}, 1),
+		waitChanged:   make(chan struct{}, 1),
 	}
 }
 
@@ -280,6 +289,9 @@ func (r *Redis) Publish(ctx context.Context, p Presence) error {
 	).Err()
 	if err != nil {
 		return fmt.Errorf("publish presence: %w", err)
+	}
+	if p.State != StateWanting {
+		r.setWaiting(false) // the script took it out of the queue
 	}
 	return nil
 }
@@ -452,6 +464,8 @@ func (r *Redis) Acquire(ctx context.Context) (Lease, error) {
 		return Lease{}, errors.New("acquire lease: empty reply")
 	}
 	kind, _ := res[0].(string)
+	// In the queue until granted: only a waiter listens for releases.
+	r.setWaiting(kind != "held" && kind != "ok")
 	freedAt := map[string]int{"noslot": 2, "settling": 2, "peers": 3, "ok": 4}
 	if i, ok := freedAt[kind]; ok && i < len(res) {
 		if gone, _ := res[i].(string); gone != "" {
@@ -732,17 +746,67 @@ func (r *Redis) Held(ctx context.Context) (Lease, bool, error) {
 	return l, true, nil // the agent logs the lease it holds, claimed or its own
 }
 
-// SlotFreed is signalled when a slot may have been freed: another dyno
-// released one, or the subscription was (re)established and a release may
-// have been missed. Only while Run runs.
+// SlotFreed is signalled when a slot may have been freed while this dyno
+// waits for one: another dyno released one, or the subscription was
+// (re)established and a release may have been missed. Only while Run runs.
 func (r *Redis) SlotFreed() <-chan struct{} { return r.freed }
 
-// Run subscribes to the release channel and feeds SlotFreed until ctx ends;
-// it returns nil then. Without it the fleet still works, and a waiting agent
-// notices a freed slot at its next check instead of at once.
+// Run feeds SlotFreed until ctx ends; it returns nil then. It subscribes to
+// the release channel only while this dyno waits in the queue (from an
+// Acquire that was refused until one that is granted, or a presence that is
+// no longer wanting), so a dyno that only watches holds one connection, the
+// client's pool, and a waiting one two. Pub/sub is kept over a blocking pop
+// or polling: a blocking pop would hold a pooled connection too, and
+// polling adds commands to the Redis Sidekiq uses for every waiter.
+// Without Run the fleet still works, and a waiting agent notices a freed
+// slot at its next check instead of at once.
 func (r *Redis) Run(ctx context.Context) error {
-	r.subscribe(ctx)
-	return nil
+	for {
+		if !r.isWaiting() {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-r.waitChanged:
+				continue
+			}
+		}
+		subCtx, stop := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			r.subscribe(subCtx)
+		}()
+		for r.isWaiting() && ctx.Err() == nil {
+			select {
+			case <-ctx.Done():
+			case <-r.waitChanged:
+			}
+		}
+		stop()
+		<-done // the subscription's connection is closed
+		if ctx.Err() != nil {
+			return nil
+		}
+	}
+}
+
+func (r *Redis) isWaiting() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.waiting
+}
+
+func (r *Redis) setWaiting(w bool) {
+	r.mu.Lock()
+	changed := r.waiting != w
+	r.waiting = w
+	r.mu.Unlock()
+	if changed {
+		select {
+		case r.waitChanged <- struct{}{}:
+		default:
+		}
+	}
 }
 
 // subscribe feeds freed from the release channel until ctx ends. go-redis

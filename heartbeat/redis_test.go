@@ -123,6 +123,10 @@ func TestExpiredHolderAndRebornDyno(t *testing.T) {
 		t.Fatalf("stale holder Held = %v, %v; want false", held, err)
 	}
 
+	// The waiter asks and waits: only a waiter subscribes.
+	if _, err := waiter.Acquire(ctx); !errors.Is(err, ErrNoSlot) {
+		t.Fatalf("waiter acquire while worker.2 holds: %v, want ErrNoSlot", err)
+	}
 	subscribe(t, waiter)
 	freed := waiter.SlotFreed()
 	waitSignal(t, freed, 10*time.Second, "subscription established")
@@ -428,10 +432,15 @@ func TestRedisDownDuringDrain(t *testing.T) {
 	if _, err := b.Acquire(ctx); !errors.Is(err, ErrNoSlot) {
 		t.Fatalf("b acquire right after redis came back empty: %v, want ErrNoSlot", err)
 	}
-	// The drain renews and gets its slot back.
-	if err := a.Renew(ctx, la); err != nil {
-		t.Fatalf("a renew after redis came back: %v", err)
-	}
+	// The drain renews and gets its slot back, once its client has redialled
+	// (a pool of one fails fast for up to a second after a failed dial).
+	testutil.Eventually(t, 20*time.Second, "a renews after redis came back", func() bool {
+		err := a.Renew(ctx, la)
+		if errors.Is(err, ErrNotHolder) {
+			t.Fatalf("a renew after redis came back: %v", err)
+		}
+		return err == nil
+	})
 	waitSignal(t, freed, 20*time.Second, "b re-subscribed")
 	clock.Add(61 * time.Second)
 	if _, err := b.Acquire(ctx); !errors.Is(err, ErrNoSlot) {
@@ -466,11 +475,14 @@ func TestRunStartsAndStopsSubscriber(t *testing.T) {
 	holder := newFleet(t, srv, RedisOptions{Dyno: "worker.2", Settle: -1})
 	ran := make(chan error, 1)
 	go func() { ran <- waiter.Run(ctx) }()
-	waitSignal(t, waiter.freed, 10*time.Second, "subscribed by Run")
 	l, err := holder.Acquire(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
+	if _, err := waiter.Acquire(ctx); !errors.Is(err, ErrNoSlot) {
+		t.Fatalf("waiter acquire: %v, want ErrNoSlot", err)
+	}
+	waitSignal(t, waiter.freed, 10*time.Second, "subscribed by Run once waiting")
 	if err := holder.Release(ctx, l); err != nil {
 		t.Fatal(err)
 	}

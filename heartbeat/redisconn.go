@@ -22,18 +22,30 @@ type ConnectOptions struct {
 	TLSVerify string
 	// OnHeroku is true when the agent runs in a Heroku dyno.
 	OnHeroku bool
-	Logger   *slog.Logger
+	// Dyno, when set, is added to the connections' name in CLIENT LIST
+	// (dynocycle:worker.1), so an operator can tell whose they are.
+	Dyno   string
+	Logger *slog.Logger
 }
 
 // Client defaults for an agent: it must notice an unreachable Redis within a
 // few seconds and keep its worker running, so nothing waits long, nothing
 // retries much and few connections are kept open on a shared server.
+//
+// One pooled connection: the fleet's scripts, the lease keeper's renewals
+// and the Sidekiq reader's pipelines are all short, non-blocking commands
+// that take turns on it (a turn waits at most PoolTimeout). Redis plans cap
+// connections and Sidekiq needs its own, so an agent that only watches holds
+// this one connection; the freed-slot subscription (Redis.Run) adds a second
+// only while the dyno waits for a slot. A blocking command (BLPOP, a
+// subscription) must never be sent through this pool: it would stall every
+// other caller.
 const (
 	defaultDialTimeout  = 2 * time.Second
 	defaultReadTimeout  = 2 * time.Second
 	defaultWriteTimeout = 2 * time.Second
 	defaultPoolTimeout  = 3 * time.Second
-	defaultPoolSize     = 4
+	defaultPoolSize     = 1
 	defaultMaxRetries   = 1
 	defaultDialAttempts = 1 // go-redis would try 5 dials per command; the command retry is enough
 	clientName          = "dynocycle"
@@ -92,6 +104,17 @@ func Connect(ctx context.Context, opts ConnectOptions) (*redis.Client, error) {
 	if o.PoolSize == 0 {
 		o.PoolSize = defaultPoolSize
 	}
+	// No connection opened ahead of need (MinIdleConns stays as given, 0 by
+	// default) and none kept beyond the pool's size.
+	if o.MaxIdleConns == 0 || o.MaxIdleConns > o.PoolSize {
+		o.MaxIdleConns = o.PoolSize
+	}
+	// go-redis gives pipelines a pool of their own (up to 10 connections
+	// beside PoolSize); the Sidekiq reader's pipelines take their turn on the
+	// one connection instead.
+	if o.PipelinePoolSize == 0 {
+		o.PipelinePoolSize = -1
+	}
 	if o.MaxRetries == 0 {
 		o.MaxRetries = defaultMaxRetries
 	}
@@ -99,7 +122,7 @@ func Connect(ctx context.Context, opts ConnectOptions) (*redis.Client, error) {
 		o.DialerRetries = defaultDialAttempts
 	}
 	if o.ClientName == "" {
-		o.ClientName = clientName
+		o.ClientName = connName(opts.Dyno)
 	}
 	o.ContextTimeoutEnabled = true
 
@@ -110,6 +133,29 @@ func Connect(ctx context.Context, opts ConnectOptions) (*redis.Client, error) {
 			"err", redact(err, secret).Error())
 	}
 	return client, nil
+}
+
+// connName is the connections' name: dynocycle, or dynocycle:DYNO. Redis
+// refuses a name with spaces or control characters, and a refused name
+// fails every connection, so anything else is replaced.
+func connName(dyno string) string {
+	if dyno == "" {
+		return clientName
+	}
+	const maxLen = 64
+	b := []byte(clientName + ":")
+	for _, c := range []byte(dyno) {
+		if len(b) >= maxLen {
+			break
+		}
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '.', c == '-', c == '_':
+			b = append(b, c)
+		default:
+			b = append(b, '_')
+		}
+	}
+	return string(b)
 }
 
 // parseRedisURL wraps redis.ParseURL without ever echoing the URL: net/url

@@ -33,7 +33,7 @@ func TestConnectOptions(t *testing.T) {
 		t.Fatalf("db %d tls %v", o.DB, o.TLSConfig)
 	}
 	if o.DialTimeout != 2*time.Second || o.ReadTimeout != 2*time.Second || o.WriteTimeout != 2*time.Second ||
-		o.PoolSize != 4 || o.MaxRetries != 1 {
+		o.PoolSize != 1 || o.PipelinePoolSize != -1 || o.MinIdleConns != 0 || o.MaxRetries != 1 {
 		t.Fatalf("client options %+v", o)
 	}
 	if err := c.Set(ctx, "k", "v", 0).Err(); err != nil {

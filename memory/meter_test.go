@@ -130,11 +130,13 @@ func TestMissingWorkerIsAnError(t *testing.T) {
 	}
 }
 
-// startTree starts a shell that forks n-1 sleeping children, and returns
-// the shell's pid once all children are up.
+// startTree starts a tree of n live processes, all sleeping: a shell forks
+// n-1 sleeping children and then becomes a sleep itself (exec keeps its pid
+// and its children), so even n = 1 is a live process, not a shell that has
+// exited. It returns once every process of the tree is up and asleep.
 func startTree(t testing.TB, n int) *exec.Cmd {
 	t.Helper()
-	script := fmt.Sprintf(`for i in $(seq 1 %d); do sleep 300 & done; echo ready; wait`, n-1)
+	script := fmt.Sprintf(`for i in $(seq 1 %d); do sleep 300 & done; echo ready; exec sleep 300`, n-1)
 	cmd := exec.Command("sh", "-c", script)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	out, err := cmd.StdoutPipe()
@@ -152,25 +154,47 @@ func startTree(t testing.TB, n int) *exec.Cmd {
 	if _, err := out.Read(buf); err != nil {
 		t.Fatal(err)
 	}
-	// Wait until every child has exec'd sleep, so the tree holds still.
-	m, _ := New(Tree, "/proc", "/sys/fs/cgroup", nil)
+	// Wait until every process has exec'd sleep, so the tree holds still.
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		pids, _ := m.Tree(cmd.Process.Pid)
-		sleeping := 0
-		for _, pid := range pids {
-			if comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); strings.TrimSpace(string(comm)) == "sleep" {
-				sleeping++
-			}
-		}
-		if sleeping == n-1 {
+		err := requireLiveTree(cmd.Process.Pid, n)
+		if err == nil {
 			return cmd
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("only %d of %d children are sleeping", sleeping, n-1)
+			t.Fatal(err)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+// requireLiveTree says what is wrong unless the tree of root has exactly n
+// processes, each alive (not a zombie) and running sleep.
+func requireLiveTree(root, n int) error {
+	m, _ := New(Tree, "/proc", "/sys/fs/cgroup", nil)
+	pids, err := m.Tree(root)
+	if err != nil {
+		return fmt.Errorf("tree of %d: %w", root, err)
+	}
+	if len(pids) != n {
+		return fmt.Errorf("tree of %d has %d processes, want %d", root, len(pids), n)
+	}
+	for _, pid := range pids {
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			return fmt.Errorf("process %d is gone: %w", pid, err)
+		}
+		// comm is in parentheses, the state follows it.
+		s := string(stat)
+		open, closing := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
+		if open < 0 || closing < open || closing+3 > len(s) {
+			return fmt.Errorf("process %d: unreadable stat", pid)
+		}
+		if comm, state := s[open+1:closing], s[closing+2]; comm != "sleep" || state == 'Z' || state == 'X' {
+			return fmt.Errorf("process %d is %q in state %c, want a live sleep", pid, comm, state)
+		}
+	}
+	return nil
 }
 
 func TestLiveTreeMatchesPS(t *testing.T) {

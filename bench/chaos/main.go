@@ -33,7 +33,7 @@ func main() {
 	flag.IntVar(&cfg.MaxRSSMB, "max-rss", 110, "MAX_RSS in MB")
 	flag.IntVar(&cfg.JobMB, "job-mb", 4, "MB each job retains")
 	flag.Float64Var(&cfg.JobsPerSec, "rate", 0.8, "jobs enqueued per second")
-	flag.IntVar(&cfg.Faults, "faults", 0, "faults to inject (0: one a minute, at least 4)")
+	flag.IntVar(&cfg.Faults, "faults", 0, "faults to inject (0: one a minute, at least 6)")
 	flag.DurationVar(&cfg.Grace, "grace", 30*time.Second, "the dyno manager's SIGTERM to SIGKILL")
 	flag.StringVar(&cfg.Store, "store", "redis", "where the agents coordinate: redis or postgres (jobs stay in Redis)")
 	out := flag.String("out", "bench/chaos/", "directory for chaos.svg, summary.md and fleet.log")

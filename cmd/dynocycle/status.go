@@ -57,7 +57,7 @@ func (c *CLI) status(ctx context.Context, args []string, stdout, stderr io.Write
 	if postgres {
 		return statusPostgres(ctx, cfg, app, asJSON, stdout, stderr, log) // fleetstore.go
 	}
-	client, err := connectRedis(ctx, cfg, cfg.ResolvePlatform(true) == config.PlatformHeroku, log)
+	client, err := connectRedis(ctx, cfg, cfg.ResolvePlatform(true) == config.PlatformHeroku, "", log)
 	if err != nil {
 		code, _ := configError(stderr, err)
 		return code

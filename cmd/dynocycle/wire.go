@@ -92,9 +92,12 @@ func (c *CLI) buildAgent(ctx context.Context, cfg *config.Config, proc *child.Pr
 	if dyno == "" {
 		dyno, _ = os.Hostname()
 	}
+	// Each dyno checks at its own phase of the interval, so a fleet's agents
+	// do not all call Redis on the same whole second.
+	phase := agent.Phase(appName(cfg), dyno, agent.Interval(cfg.CheckSchedule, time.Now()))
 	settings := agent.Settings{
 		Policy: policy, Limit: limit,
-		CheckSchedule: cfg.CheckSchedule, GraceTime: cfg.GraceTime.D(),
+		CheckSchedule: agent.Phased(cfg.CheckSchedule, phase), GraceTime: cfg.GraceTime.D(),
 		ConfirmAfter: cfg.ConfirmAfter.D(), DryRun: cfg.DryRun, Dyno: dyno, Version: Version(),
 		TerminationWait:  60*time.Second + cfg.ShutdownWait.D(),
 		PlatformStopWait: platformStopWait(onHeroku(cfg, plat), cfg.ShutdownWait.D()),
@@ -117,7 +120,7 @@ func (c *CLI) buildAgent(ctx context.Context, cfg *config.Config, proc *child.Pr
 	fleetKind := "standalone"
 	var client *redis.Client
 	if cfg.Redis() != "" {
-		client, err = connectRedis(ctx, cfg, plat == config.PlatformHeroku, log)
+		client, err = connectRedis(ctx, cfg, plat == config.PlatformHeroku, dyno, log)
 		if err != nil {
 			return nil, err
 		}
@@ -222,7 +225,7 @@ func (c *CLI) buildAgent(ctx context.Context, cfg *config.Config, proc *child.Pr
 	}
 	log.Info("agent starting", "event", "agent_start", "dyno", dyno, "version", Version(), "platform", plat,
 		"memory_source", meter.Source, "limit", bytesize.MB(limit), "critical", cfg.CriticalRSS.String(),
-		"check", cfg.CheckSchedule.String(), "fleet", fleetKind, "dry_run", cfg.DryRun)
+		"check", cfg.CheckSchedule.String(), "check_phase", phase, "fleet", fleetKind, "dry_run", cfg.DryRun)
 	return svc, nil
 }
 
@@ -280,14 +283,14 @@ func listenEvents(proc *child.Process, log *slog.Logger) *jobevents.Listener {
 // connectRedis opens the coordination store. go-redis logs dial failures
 // through a package-level logger; it is pointed at ours (at debug level,
 // since the agent logs its own errors) once, here, where the process is set up.
-func connectRedis(ctx context.Context, cfg *config.Config, onHeroku bool, log *slog.Logger) (*redis.Client, error) {
+func connectRedis(ctx context.Context, cfg *config.Config, onHeroku bool, dyno string, log *slog.Logger) (*redis.Client, error) {
 	redis.SetLogger(redisLogger{log})
 	name := "REDIS_URL"
 	if cfg.RedisTLSURL != "" {
 		name = "REDIS_TLS_URL"
 	}
 	client, err := heartbeat.Connect(ctx, heartbeat.ConnectOptions{
-		URL: string(cfg.Redis()), TLSVerify: cfg.RedisTLSVerify, OnHeroku: onHeroku, Logger: log,
+		URL: string(cfg.Redis()), TLSVerify: cfg.RedisTLSVerify, OnHeroku: onHeroku, Dyno: dyno, Logger: log,
 	})
 	if err != nil {
 		return nil, &config.Error{Var: name, Problem: err.Error(), Accepted: "redis://[user:password@]host:port[/db] or rediss:// for TLS"}

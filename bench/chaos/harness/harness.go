@@ -18,6 +18,7 @@ import (
 	mrand "math/rand/v2"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -48,7 +49,7 @@ type Config struct {
 	JobMB      int     // memory each BloatJob retains; default 4
 	JobsPerSec float64 // the job stream; default 0.8
 	// Faults is how many faults to inject, spread over the run after a
-	// warm-up; at least one of each kind when >= 4. Default: one a minute, at least 4.
+	// warm-up; at least one of each kind when >= 6. Default: one a minute, at least 6.
 	Faults int
 	Grace  time.Duration // the dyno manager's SIGTERM to SIGKILL; default 30s, as on Heroku
 	// Store is where the agents coordinate: StoreRedis (default, the jobs'
@@ -90,7 +91,7 @@ func (c *Config) defaults() {
 		c.JobsPerSec = 0.8
 	}
 	if c.Faults <= 0 {
-		c.Faults = max(4, int(c.Duration/time.Minute))
+		c.Faults = max(6, int(c.Duration/time.Minute))
 	}
 	if c.Grace <= 0 {
 		c.Grace = 30 * time.Second
@@ -103,7 +104,24 @@ const (
 	FaultRedisDown = "redis_down" // redis-server killed, started again on the same data
 	FaultAPI429    = "api_429"    // the Platform API answers 429 to every call
 	FaultAPI500    = "api_500"    // the Platform API answers 500 to every call
+	// FLUSHALL while a restart is under way (the last fault of the
+	// schedule; it waits up to flushWait, past the end of the load if need
+	// be, for a restart to start): Redis loses the fleet's leases, queue and epoch, as
+	// after a failover to an empty replica. The app's queue and the jobs'
+	// records are read and flushed in one transaction and written back at
+	// once: a flush drops queued jobs whatever the supervisor does, and the
+	// run checks that dynocycle loses none.
+	FaultFlushAll = "flushall"
+	// A second app starts on the same Redis (same database, the same dyno
+	// names worker.1 and worker.2, its own HEROKU_APP_NAME), its bloating
+	// workers restarting through its own Platform API for the rest of the
+	// run: neither app may restart more than MAX_CONCURRENT_RESTARTS of its
+	// own dynos at once, nor touch the other's slots.
+	FaultSecondApp = "second_app"
 )
+
+// secondAppDynos is how many dynos the second app runs.
+const secondAppDynos = 2
 
 // The API faults answer the next calls, whenever they come, so that each
 // one bites: 500 to a whole restart's budget of calls (platform's
@@ -150,11 +168,16 @@ type Result struct {
 	Reruns                  int   // runs begun more than once (handed back at a shutdown)
 
 	MaxConcurrent int
-	Cycles        []time.Duration // lease taken -> new worker started, per completed restart
-	LeaseHolds    []time.Duration // lease taken -> released by the reborn agent
-	Broken        []string        // invariants that did not hold
-	Notes         []string        // what else was seen
-	Lines         []dynosim.Line
+	// The second app (FaultSecondApp), if it ran: the most of its dynos
+	// restarting at once, and its completed restarts.
+	SecondApp           bool
+	SecondMaxConcurrent int
+	SecondRestarts      int
+	Cycles              []time.Duration // lease taken -> new worker started, per completed restart
+	LeaseHolds          []time.Duration // lease taken -> released by the reborn agent
+	Broken              []string        // invariants that did not hold
+	Notes               []string        // what else was seen
+	Lines               []dynosim.Line
 }
 
 // OK reports whether every invariant held.
@@ -211,6 +234,11 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	})
 	defer fake.Close()
 	defer sim.Close()
+	second, err := newSecondApp(cfg, rs.url())
+	if err != nil {
+		return nil, err
+	}
+	defer second.close()
 
 	res := &Result{Config: cfg, Start: time.Now(), Samples: map[string][]Sample{}}
 	res.TSTPDyno = fmt.Sprintf("worker.%d", cfg.Dynos)
@@ -247,7 +275,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		res.Faults = inject(loadCtx, cfg, rng, schedule(cfg, rng), sim, fake, rs, db)
+		res.Faults = inject(loadCtx, cfg, rng, schedule(cfg, rng), sim, fake, rs, db, client, second)
 	}()
 	wg.Wait()
 	res.LoadEnd = time.Now()
@@ -265,12 +293,25 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		time.Sleep(time.Second)
 	}
 	// A restart still under way finishes before the fleet is stopped, so
-	// that its interval closes; bounded.
-	settleDeadline := time.Now().Add(90 * time.Second)
-	for time.Now().Before(settleDeadline) && len(sim.Report().Open) > 0 && ctx.Err() == nil {
+	// that its interval closes, and a restart already wanted is carried out
+	// (a FLUSHALL near the end holds every new lease back for
+	// BOOT_ALLOWANCE); bounded.
+	settleDeadline := time.Now().Add(2 * time.Minute)
+	for time.Now().Before(settleDeadline) && (len(sim.Report().Open) > 0 || wantPending(sim)) && ctx.Err() == nil {
 		time.Sleep(500 * time.Millisecond)
 	}
 	res.FinalStops = sim.Close()
+	if second.started {
+		// A new app's fleet settles before its first lease (BOOT_ALLOWANCE):
+		// give it time for one restart, however late it started.
+		waitSecondRestart(ctx, second.sim, 60*time.Second)
+		_ = second.sim.Close()
+		rep := second.sim.Report()
+		res.SecondApp, res.SecondMaxConcurrent = true, rep.MaxConcurrent
+		for _, n := range rep.Restarts {
+			res.SecondRestarts += n
+		}
+	}
 	res.End = time.Now()
 	stopSampling()
 	samplerWG.Wait()
@@ -385,9 +426,9 @@ type planned struct {
 // schedule spreads cfg.Faults faults over the run after a warm-up (the
 // settle time of an empty Redis plus the first bloat), one per slot with a
 // seeded kind, jitter and length; each kind at least once when there are
-// four or more. Faults never overlap, so each one's effect can be read alone.
+// as many faults as kinds (six). Faults never overlap, so each one's effect can be read alone.
 func schedule(cfg Config, rng *mrand.Rand) []planned {
-	kinds := []string{FaultKillAgent, FaultRedisDown, FaultAPI429, FaultAPI500}
+	kinds := []string{FaultKillAgent, FaultRedisDown, FaultAPI429, FaultAPI500, FaultFlushAll, FaultSecondApp}
 	var seq []string
 	for len(seq) < cfg.Faults {
 		perm := slices.Clone(kinds)
@@ -395,6 +436,11 @@ func schedule(cfg Config, rng *mrand.Rand) []planned {
 		seq = append(seq, perm...)
 	}
 	seq = storeOutages(cfg, seq[:cfg.Faults]) // postgres.go
+	// A FLUSHALL waits for a restart to be under way, past the end of the
+	// load if need be: it comes last, so that no other fault waits for it.
+	slices.SortStableFunc(seq, func(a, b string) int {
+		return boolInt(a == FaultFlushAll) - boolInt(b == FaultFlushAll)
+	})
 	warm := min(30*time.Second, cfg.Duration/3)
 	slot := (cfg.Duration - warm) / time.Duration(cfg.Faults)
 	var out []planned
@@ -411,7 +457,8 @@ func schedule(cfg Config, rng *mrand.Rand) []planned {
 
 // inject carries the schedule out until ctx ends; a fault under way is
 // always healed (Redis up again, the API answering 202).
-func inject(ctx context.Context, cfg Config, rng *mrand.Rand, plan []planned, sim *dynosim.Sim, fake *fakeheroku.Server, rs *redisServer, db *fleetDB) []Fault {
+func inject(ctx context.Context, cfg Config, rng *mrand.Rand, plan []planned, sim *dynosim.Sim, fake *fakeheroku.Server,
+	rs *redisServer, db *fleetDB, client *redis.Client, second *secondApp) []Fault {
 	start := time.Now()
 	var out []Fault
 	for _, p := range plan {
@@ -436,6 +483,16 @@ func inject(ctx context.Context, cfg Config, rng *mrand.Rand, plan []planned, si
 			fake.QueueStatus(slices.Repeat([]int{http.StatusTooManyRequests}, api429Calls)...)
 		case FaultAPI500:
 			fake.QueueStatus(slices.Repeat([]int{http.StatusInternalServerError}, api500Calls)...)
+		case FaultFlushAll:
+			f.Dyno = waitRestarting(context.WithoutCancel(ctx), sim, flushWait)
+			f.Start = time.Now()
+			if err := flushKeepingJobs(ctx, client); err != nil {
+				cfg.logf("flushall: %v", err)
+			}
+		case FaultSecondApp:
+			if err := second.start(); err != nil {
+				cfg.logf("second app: %v", err)
+			}
 		}
 		cfg.logf("fault %s %s", p.kind, f.Dyno)
 		if p.kind == FaultRedisDown || p.kind == FaultDBDown {
@@ -532,6 +589,9 @@ func check(res *Result, report dynosim.Report, token string) {
 	res.MaxConcurrent = report.MaxConcurrent
 	if report.MaxConcurrent > cfg.Slots {
 		broke("%d dynos restarting at once at %s (MAX_CONCURRENT_RESTARTS=%d)", report.MaxConcurrent, report.MaxAt.Format(time.TimeOnly), cfg.Slots)
+	}
+	if res.SecondApp && res.SecondMaxConcurrent > cfg.Slots {
+		broke("the second app had %d dynos restarting at once (MAX_CONCURRENT_RESTARTS=%d)", res.SecondMaxConcurrent, cfg.Slots)
 	}
 	// 2. No job lost.
 	if len(res.Lost) > 0 {
@@ -651,3 +711,196 @@ func Percentile(ds []time.Duration, p float64) time.Duration {
 type quietLogger struct{}
 
 func (quietLogger) Printf(context.Context, string, ...any) {}
+
+// flushWait bounds how long a FLUSHALL waits for a restart to be under way.
+const flushWait = 2 * time.Minute
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// waitRestarting waits up to max for a dyno of sim to be in a restart and
+// returns its name ("" if none came).
+func waitRestarting(ctx context.Context, sim *dynosim.Sim, max time.Duration) string {
+	deadline := time.Now().Add(max)
+	for {
+		for _, iv := range sim.Report().Open {
+			if iv.Kind == dynosim.KindRestart {
+				return iv.Dyno
+			}
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return ""
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// The app's data a flush would take with it: Sidekiq's queue and the test
+// jobs' records (examples/sidekiq/jobs.rb).
+const (
+	queueKey = "queue:default"
+	doneKey  = "dynocycle:test:done"
+	startKey = "dynocycle:test:started"
+	runsKey  = "dynocycle:test:starts"
+)
+
+// flushKeepingJobs runs FLUSHALL and reads, in the same transaction, what
+// the app had queued and recorded, then writes that back: everything
+// dynocycle keeps (leases, queue of waiters, presences, epoch) and Sidekiq's
+// process records stay lost.
+func flushKeepingJobs(ctx context.Context, c *redis.Client) error {
+	var queued, runs *redis.StringSliceCmd
+	var done, started *redis.StringSliceCmd
+	_, err := c.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		queued = p.LRange(ctx, queueKey, 0, -1)
+		done = p.SMembers(ctx, doneKey)
+		started = p.SMembers(ctx, startKey)
+		runs = p.LRange(ctx, runsKey, 0, -1)
+		p.FlushAll(ctx)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	_, err = c.Pipelined(ctx, func(p redis.Pipeliner) error {
+		p.SAdd(ctx, "queues", "default")
+		for _, list := range []struct {
+			key   string
+			items []string
+		}{{queueKey, queued.Val()}, {runsKey, runs.Val()}} {
+			if len(list.items) > 0 {
+				p.RPush(ctx, list.key, toAny(list.items)...)
+			}
+		}
+		for _, set := range []struct {
+			key   string
+			items []string
+		}{{doneKey, done.Val()}, {startKey, started.Val()}} {
+			if len(set.items) > 0 {
+				p.SAdd(ctx, set.key, toAny(set.items)...)
+			}
+		}
+		return nil
+	})
+	return err
+}
+
+func toAny(xs []string) []any {
+	out := make([]any, len(xs))
+	for i, x := range xs {
+		out[i] = x
+	}
+	return out
+}
+
+// secondApp is another app's fleet on the same Redis, started by the
+// FaultSecondApp fault: bloater workers under dynocycle, restarted through
+// their own fake Platform API.
+type secondApp struct {
+	sim     *dynosim.Sim
+	fake    *fakeheroku.Server
+	bloater string
+	started bool
+}
+
+func newSecondApp(cfg Config, redisURL string) (*secondApp, error) {
+	bloater := filepath.Join(cfg.Dir, "bloater")
+	build := exec.Command("go", "build", "-o", bloater, "./examples/bloater")
+	build.Dir = cfg.Root
+	if out, err := build.CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("build the second app's worker: %w: %s", err, out)
+	}
+	var log io.Writer
+	if cfg.FleetLog != nil {
+		log = &prefixWriter{prefix: "app-b ", w: cfg.FleetLog}
+	}
+	sim, fake := dynosim.WithFake(dynosim.Config{
+		Agent: cfg.Agent, App: "dynocycle-chaos-b", Token: "HRKU-chaos-b-" + randHex(12), RedisURL: redisURL,
+		Grace: 10 * time.Second, CrashDelay: time.Second, Log: log,
+		Env: []string{
+			"PLATFORM=heroku", "WORKER=signals", "QUIET_SIGNAL=TSTP", "MEMORY_SOURCE=tree",
+			"MAX_RSS=40MB", "CHECK_SCHEDULE=@every 1s", "SUSTAIN_CHECKS=1", "MIN_UPTIME=5s",
+			"GRACE_TIME=3s", "SHUTDOWN_WAIT=5s", "CONFIRM_AFTER=3s",
+			"MAX_CONCURRENT_RESTARTS=" + strconv.Itoa(cfg.Slots), "MIN_HEALTHY_PEERS=1", "BOOT_ALLOWANCE=15s",
+			"BLOAT_MB=8", "JOB_MS=300",
+		},
+	})
+	return &secondApp{sim: sim, fake: fake, bloater: bloater}, nil
+}
+
+func (a *secondApp) start() error {
+	if a.started {
+		return nil
+	}
+	a.started = true
+	for i := 1; i <= secondAppDynos; i++ {
+		if err := a.sim.Start(fmt.Sprintf("worker.%d", i), []string{a.bloater}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (a *secondApp) close() {
+	a.sim.Close()
+	a.fake.Close()
+}
+
+// prefixWriter marks the second app's lines in the fleet log.
+type prefixWriter struct {
+	mu     sync.Mutex
+	prefix string
+	w      io.Writer
+}
+
+func (p *prefixWriter) Write(b []byte) (int, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	// One write per line, as the simulator writes: lines of the two apps
+	// never interleave.
+	if _, err := p.w.Write(append([]byte(p.prefix), b...)); err != nil {
+		return 0, err
+	}
+	return len(b), nil
+}
+
+// waitSecondRestart waits up to max until the second app has completed a
+// restart and has none under way.
+func waitSecondRestart(ctx context.Context, sim *dynosim.Sim, max time.Duration) {
+	deadline := time.Now().Add(max)
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		rep := sim.Report()
+		done := 0
+		for _, n := range rep.Restarts {
+			done += n
+		}
+		if done > 0 && len(rep.Open) == 0 {
+			return
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+// wantPending reports whether a dyno has wanted a restart (event
+// restart_wanted) and not started a new worker since.
+func wantPending(sim *dynosim.Sim) bool {
+	wanted, started := map[string]time.Time{}, map[string]time.Time{}
+	for _, l := range sim.Lines() {
+		switch {
+		case strings.Contains(l.Text, "event=restart_wanted"):
+			wanted[l.Dyno] = l.Time
+		case strings.Contains(l.Text, "event=worker_start"):
+			started[l.Dyno] = l.Time
+		}
+	}
+	for dyno, at := range wanted {
+		if at.After(started[dyno]) {
+			return true
+		}
+	}
+	return false
+}

@@ -57,6 +57,10 @@ func (r *Result) Summary() string {
 	p("| never more than MAX_CONCURRENT_RESTARTS restarting | at most %d at once (limit %d) over %d restarts |", r.MaxConcurrent, cfg.Slots, nRestarts)
 	p("| no job lost (enqueued = completed) | %d enqueued, %d completed, %d lost; %d runs handed back and run again |", r.Enqueued, r.Done, len(r.Lost), r.Reruns)
 	p("| every bloated dyno cycled | %s |", bloated(r))
+	if r.SecondApp {
+		p("| a second app on the same Redis restarts at most MAX_CONCURRENT_RESTARTS of its own dynos | at most %d at once (limit %d) over %d restarts of its %d dynos |",
+			r.SecondMaxConcurrent, cfg.Slots, r.SecondRestarts, secondAppDynos)
+	}
 	p("| no agent left hung | %d stops needed SIGKILL; final SIGTERM: every dyno gone within %v (bound %v) |", killed, maxFinal.Round(time.Millisecond), shutdownWait+5*time.Second)
 	p("| the TSTP-ignoring worker (%s) | never quieted; its %d restarts drained by GRACE_TIME |", r.TSTPDyno, restarts[r.TSTPDyno])
 	p("| Platform API | %d calls %s, %d header violations; token in no log line |", len(r.APICalls), fmtStatus(status), len(r.Violations))

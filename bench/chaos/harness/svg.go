@@ -20,6 +20,8 @@ var faultStyle = map[string]struct{ fill, label string }{
 	FaultDBDown:    {"#8c564b", "postgres down"},
 	FaultAPI429:    {"#ff7f0e", "API 429"},
 	FaultAPI500:    {"#9467bd", "API 500"},
+	FaultFlushAll:  {"#8c564b", "FLUSHALL"},
+	FaultSecondApp: {"#17becf", "second app starts"},
 }
 
 // WriteSVG draws the memory of every dyno's worker over the run, the
