@@ -124,15 +124,20 @@ echo up; while :; do sleep 0.05; done`, 5*time.Second)
 	// the one below, which then gets a thread of its own.
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
+	// The main thread is never ended: a goroutine that lands on it keeps it,
+	// parked, until the test ends, so the next one runs on another thread.
+	occupied := make(chan struct{})
+	defer close(occupied)
 	var tid int
-	for range 10 { // the main thread is never ended; try another
+	for range 100 {
 		started := make(chan error, 1)
 		go func() {
 			runtime.LockOSThread() // and never unlocked: the thread ends with the goroutine
 			tid = syscall.Gettid()
 			if tid == os.Getpid() {
-				runtime.UnlockOSThread()
 				started <- nil
+				<-occupied
+				runtime.UnlockOSThread()
 				return
 			}
 			started <- p.Start()
