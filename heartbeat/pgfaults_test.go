@@ -358,3 +358,66 @@ func TestPGRun(t *testing.T) {
 		return err == nil && n == 0
 	})
 }
+
+// The agent cancels calls routinely (a renewal when its restart moves on,
+// every call at shutdown). A call cancelled while it runs finishes on the
+// server's terms and keeps the agent's one session: no reconnect, no second
+// connection.
+func TestPGCancelledCallKeepsTheSession(t *testing.T) {
+	srv := testpg.Start(t)
+	ctx := context.Background()
+	a := newPG(t, srv, PostgresOptions{Dyno: "worker.1", Settle: -1})
+	listen(t, a)
+	if err := a.Publish(ctx, Presence{State: StateWanting}); err != nil {
+		t.Fatal(err)
+	}
+	admin := adminConn(t, srv)
+	session := func() (pid int, waiting bool) {
+		var event *string
+		if err := admin.QueryRow(ctx, `SELECT pid, wait_event_type FROM pg_stat_activity
+			WHERE application_name = 'dynocycle-worker.1'`).Scan(&pid, &event); err != nil {
+			t.Fatalf("the agent's session: %v", err)
+		}
+		return pid, event != nil && *event == "Lock"
+	}
+	before, _ := session()
+
+	// Hold the app's row so that the agent's Acquire waits on it.
+	tx, err := admin.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	if _, err := tx.Exec(ctx, "SELECT 1 FROM dynocycle.apps WHERE app = 'testapp' FOR UPDATE"); err != nil {
+		t.Fatal(err)
+	}
+	callCtx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		_, err := a.Acquire(callCtx)
+		done <- err
+	}()
+	testutil.Eventually(t, 10*time.Second, "the acquire waiting on the row lock", func() bool {
+		_, waiting := session()
+		return waiting
+	})
+	cancel()
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the cancelled acquire did not return")
+	}
+	if after, _ := session(); after != before {
+		t.Fatalf("session %d replaced by %d after a cancelled call", before, after)
+	}
+	if n, err := srv.Connections(ctx, "dynocycle-worker.1"); err != nil || n != 1 {
+		t.Fatalf("%d connections, %v; want the one", n, err)
+	}
+	// A call that starts cancelled does not start.
+	if _, err := a.Acquire(callCtx); !errors.Is(err, context.Canceled) {
+		t.Fatalf("acquire with a cancelled context: %v", err)
+	}
+}
