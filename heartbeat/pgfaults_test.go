@@ -382,33 +382,44 @@ func TestPGCancelledCallKeepsTheSession(t *testing.T) {
 	}
 	before, _ := session()
 
-	// Hold the app's row so that the agent's Acquire waits on it.
-	tx, err := admin.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx.Rollback(ctx)
-	if _, err := tx.Exec(ctx, "SELECT 1 FROM dynocycle.apps WHERE app = 'testapp' FOR UPDATE"); err != nil {
-		t.Fatal(err)
-	}
-	callCtx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() {
-		_, err := a.Acquire(callCtx)
-		done <- err
-	}()
-	testutil.Eventually(t, 10*time.Second, "the acquire waiting on the row lock", func() bool {
-		_, waiting := session()
-		return waiting
-	})
-	cancel()
-	if err := tx.Rollback(ctx); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the cancelled acquire did not return")
+	// Hold the agent's presence row so that its Publish (one statement) and
+	// then its Acquire (a transaction) wait on a lock, and cancel each there.
+	for _, c := range []struct {
+		what, lock string
+		call       func(ctx context.Context) error
+	}{
+		{"publish", "SELECT 1 FROM dynocycle.presences WHERE dyno = 'worker.1' FOR UPDATE",
+			func(ctx context.Context) error { return a.Publish(ctx, Presence{State: StateWanting}) }},
+		{"acquire", "SELECT 1 FROM dynocycle.apps WHERE app = 'testapp' FOR UPDATE",
+			func(ctx context.Context) error { _, err := a.Acquire(ctx); return err }},
+	} {
+		tx, err := admin.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.Exec(ctx, c.lock); err != nil {
+			t.Fatal(err)
+		}
+		callCtx, cancel := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() { done <- c.call(callCtx) }()
+		testutil.Eventually(t, 10*time.Second, c.what+" waiting on the row lock", func() bool {
+			_, waiting := session()
+			return waiting
+		})
+		cancel()
+		time.Sleep(50 * time.Millisecond) // let a cancellation reach the connection, if it would
+		if err := tx.Rollback(ctx); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("the cancelled %s did not return", c.what)
+		}
+		if after, _ := session(); after != before {
+			t.Fatalf("%s: session %d replaced by %d after a cancelled call", c.what, before, after)
+		}
 	}
 	if after, _ := session(); after != before {
 		t.Fatalf("session %d replaced by %d after a cancelled call", before, after)
@@ -417,7 +428,9 @@ func TestPGCancelledCallKeepsTheSession(t *testing.T) {
 		t.Fatalf("%d connections, %v; want the one", n, err)
 	}
 	// A call that starts cancelled does not start.
-	if _, err := a.Acquire(callCtx); !errors.Is(err, context.Canceled) {
+	cancelled, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := a.Acquire(cancelled); !errors.Is(err, context.Canceled) {
 		t.Fatalf("acquire with a cancelled context: %v", err)
 	}
 }
