@@ -88,8 +88,10 @@ func testPostgresFleetCycles(t *testing.T, fir bool) {
 		}
 		return true
 	})
-	sim.Close()
+	// The report is read before the fleet is shut down: the shutdown's TERMs
+	// can end a restart that then never closes (see heroku_test.go).
 	report := sim.Report()
+	sim.Close()
 	t.Logf("restarts %v, crashes %v, most at once %d, API calls %d, most connections of one agent %d (%d samples)",
 		report.Restarts, report.Crashes, report.MaxConcurrent, len(fake.Calls()), mostConns, sampled)
 
@@ -173,8 +175,10 @@ func TestPostgresFaultsDuringRestarts(t *testing.T) {
 		}
 		return true
 	})
-	sim.Close()
+	// The report is read before the fleet is shut down: the shutdown's TERMs
+	// can end a restart that then never closes (see heroku_test.go).
 	report := sim.Report()
+	sim.Close()
 	t.Logf("restarts %v, crashes %v, most at once %d, API calls %d, sessions terminated %d",
 		report.Restarts, report.Crashes, report.MaxConcurrent, len(fake.Calls()), terminated)
 	if err := report.Check(1); err != nil {
@@ -288,8 +292,10 @@ func TestPostgresQueueWorkersLoseNoJob(t *testing.T) {
 		}
 		return true
 	})
-	sim.Close()
+	// The report is read before the fleet is shut down: the shutdown's TERMs
+	// can end a restart that then never closes (see heroku_test.go).
 	report := sim.Report()
+	sim.Close()
 	if err := report.Check(1); err != nil {
 		t.Error(err)
 	}

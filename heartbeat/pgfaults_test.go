@@ -358,3 +358,79 @@ func TestPGRun(t *testing.T) {
 		return err == nil && n == 0
 	})
 }
+
+// The agent cancels calls routinely (a renewal when its restart moves on,
+// every call at shutdown). A call cancelled while it runs finishes on the
+// server's terms and keeps the agent's one session: no reconnect, no second
+// connection.
+func TestPGCancelledCallKeepsTheSession(t *testing.T) {
+	srv := testpg.Start(t)
+	ctx := context.Background()
+	a := newPG(t, srv, PostgresOptions{Dyno: "worker.1", Settle: -1})
+	listen(t, a)
+	if err := a.Publish(ctx, Presence{State: StateWanting}); err != nil {
+		t.Fatal(err)
+	}
+	admin := adminConn(t, srv)
+	session := func() (pid int, waiting bool) {
+		var event *string
+		if err := admin.QueryRow(ctx, `SELECT pid, wait_event_type FROM pg_stat_activity
+			WHERE application_name = 'dynocycle-worker.1'`).Scan(&pid, &event); err != nil {
+			t.Fatalf("the agent's session: %v", err)
+		}
+		return pid, event != nil && *event == "Lock"
+	}
+	before, _ := session()
+
+	// Hold the agent's presence row so that its Publish (one statement) and
+	// then its Acquire (a transaction) wait on a lock, and cancel each there.
+	for _, c := range []struct {
+		what, lock string
+		call       func(ctx context.Context) error
+	}{
+		{"publish", "SELECT 1 FROM dynocycle.presences WHERE dyno = 'worker.1' FOR UPDATE",
+			func(ctx context.Context) error { return a.Publish(ctx, Presence{State: StateWanting}) }},
+		{"acquire", "SELECT 1 FROM dynocycle.apps WHERE app = 'testapp' FOR UPDATE",
+			func(ctx context.Context) error { _, err := a.Acquire(ctx); return err }},
+	} {
+		tx, err := admin.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.Exec(ctx, c.lock); err != nil {
+			t.Fatal(err)
+		}
+		callCtx, cancel := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() { done <- c.call(callCtx) }()
+		testutil.Eventually(t, 10*time.Second, c.what+" waiting on the row lock", func() bool {
+			_, waiting := session()
+			return waiting
+		})
+		cancel()
+		time.Sleep(50 * time.Millisecond) // let a cancellation reach the connection, if it would
+		if err := tx.Rollback(ctx); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("the cancelled %s did not return", c.what)
+		}
+		if after, _ := session(); after != before {
+			t.Fatalf("%s: session %d replaced by %d after a cancelled call", c.what, before, after)
+		}
+	}
+	if after, _ := session(); after != before {
+		t.Fatalf("session %d replaced by %d after a cancelled call", before, after)
+	}
+	if n, err := srv.Connections(ctx, "dynocycle-worker.1"); err != nil || n != 1 {
+		t.Fatalf("%d connections, %v; want the one", n, err)
+	}
+	// A call that starts cancelled does not start.
+	cancelled, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := a.Acquire(cancelled); !errors.Is(err, context.Canceled) {
+		t.Fatalf("acquire with a cancelled context: %v", err)
+	}
+}

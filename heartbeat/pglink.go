@@ -67,10 +67,24 @@ const (
 
 // do runs fn on the connection, dialing it first if needed. A connection
 // that fn leaves broken is dropped so the next call dials afresh.
+//
+// The caller's cancellation is honoured until the call starts, not during
+// it: pgx ends a cancelled call by closing the connection, and the agent
+// cancels its calls routinely (a renewal when its restart moves on, every
+// call at shutdown). Each call is short and bounded by pgCallTimeout (and
+// the server's statement_timeout), so finishing it keeps the one
+// connection, its LISTEN and its prepared statements.
 func (l *pgLink) do(ctx context.Context, fn func(ctx context.Context, c *pgx.Conn) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 	l.claim()
 	defer l.release()
-	ctx, cancel := context.WithTimeout(ctx, pgCallTimeout)
+	timeout := pgCallTimeout
+	if dl, ok := ctx.Deadline(); ok {
+		timeout = min(timeout, time.Until(dl)) // a deadline the caller set is kept
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
 	defer cancel()
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -80,11 +94,7 @@ func (l *pgLink) do(ctx context.Context, fn func(ctx context.Context, c *pgx.Con
 	}
 	err = fn(ctx, c)
 	if c.IsClosed() {
-		why := err
-		if ctx.Err() != nil {
-			why = nil // pgx closes a connection whose call was cancelled: not a fault
-		}
-		l.dropLocked(why)
+		l.dropLocked(err)
 	}
 	return err
 }
