@@ -484,9 +484,13 @@ func inject(ctx context.Context, cfg Config, rng *mrand.Rand, plan []planned, si
 		case FaultAPI500:
 			fake.QueueStatus(slices.Repeat([]int{http.StatusInternalServerError}, api500Calls)...)
 		case FaultFlushAll:
+			// Past the end of the load if need be: not bound by ctx.
 			f.Dyno = waitRestarting(context.WithoutCancel(ctx), sim, flushWait)
 			f.Start = time.Now()
-			if err := flushKeepingJobs(ctx, client); err != nil {
+			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+			err := flushKeepingJobs(fctx, client)
+			cancel()
+			if err != nil {
 				cfg.logf("flushall: %v", err)
 			}
 		case FaultSecondApp:
@@ -712,8 +716,11 @@ type quietLogger struct{}
 
 func (quietLogger) Printf(context.Context, string, ...any) {}
 
-// flushWait bounds how long a FLUSHALL waits for a restart to be under way.
-const flushWait = 2 * time.Minute
+// flushWait bounds how long a FLUSHALL waits for a restart to be under way:
+// longer than the agents' lease TTL (GRACE_TIME + SHUTDOWN_WAIT +
+// CONFIRM_AFTER + 2m), for which the lease of an agent SIGKILLed before it
+// handed over holds every other restart back.
+const flushWait = 4 * time.Minute
 
 func boolInt(b bool) int {
 	if b {
