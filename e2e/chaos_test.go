@@ -131,7 +131,7 @@ func TestChaosSmallFleetOnPostgres(t *testing.T) {
 	defer cancel()
 	res, err := harness.Run(ctx, harness.Config{
 		Root: root, Agent: filepath.Join(bin, "dynocycle"), Dir: t.TempDir(),
-		Dynos: 3, Duration: 75 * time.Second, Seed: 6, Slots: 1, Faults: 4,
+		Dynos: 3, Duration: 75 * time.Second, Seed: 6, Slots: 1, Faults: 6,
 		MaxRSSMB: 100, JobMB: 4, JobsPerSec: 1.5, Grace: 20 * time.Second,
 		Store: harness.StorePostgres, Log: testWriter{t}, FleetLog: fleetLog,
 	})
@@ -146,8 +146,10 @@ func TestChaosSmallFleetOnPostgres(t *testing.T) {
 	for _, f := range res.Faults {
 		kinds[f.Kind] = true
 	}
-	// Four faults: one of each kind, the outage hitting the fleet's PostgreSQL.
-	for _, k := range []string{harness.FaultKillAgent, harness.FaultDBDown, harness.FaultAPI429, harness.FaultAPI500} {
+	// Six faults: one of each kind, the outage hitting the fleet's PostgreSQL
+	// (a FLUSHALL then empties only the jobs' Redis, whose jobs it keeps).
+	for _, k := range []string{harness.FaultKillAgent, harness.FaultDBDown, harness.FaultAPI429, harness.FaultAPI500,
+		harness.FaultSecondApp, harness.FaultFlushAll} {
 		if !kinds[k] {
 			t.Errorf("fault %s was not injected", k)
 		}
