@@ -1,12 +1,10 @@
 package jobevents
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -66,7 +64,7 @@ type Listener struct {
 	path    string
 	ended   chan struct{}
 	changed chan struct{}
-	lines   chan line
+	batches chan []line
 
 	mu       sync.Mutex
 	procs    map[int]*proc
@@ -99,7 +97,7 @@ func Listen(path string) (*Listener, error) {
 	}
 	return &Listener{
 		ln: ln, path: path,
-		ended: make(chan struct{}, 1), changed: make(chan struct{}, 1), lines: make(chan line, 256),
+		ended: make(chan struct{}, 1), changed: make(chan struct{}, 1), batches: make(chan []line, 16),
 		procs: map[int]*proc{}, lost: map[int]bool{}, interval: map[string]bool{}, runs: map[string]int{},
 		conns: map[uint64]net.Conn{},
 	}, nil
@@ -212,15 +210,15 @@ func (l *Listener) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
-		case ln := <-l.lines:
-			if !l.apply(ln) {
-				continue
+		case batch := <-l.batches:
+			changed, ended := l.applyAll(batch)
+			if changed {
+				select {
+				case l.changed <- struct{}{}:
+				default:
+				}
 			}
-			select {
-			case l.changed <- struct{}{}:
-			default:
-			}
-			if ln.ev.Kind != End {
+			if !ended {
 				continue
 			}
 			if now := l.now(); now.Sub(lastSignal) >= gap {
@@ -270,8 +268,10 @@ func (l *Listener) accept(ctx context.Context, wg *sync.WaitGroup) {
 	}
 }
 
-// read parses the connection's lines and hands them to Run's loop; a
-// malformed or overlong line ends the connection, as its end does.
+// read parses the connection's lines and hands them to Run's loop, all
+// that one read brought in one batch: a busy worker's lines cost the agent
+// one wake-up and one lock per read, not per line. A malformed or overlong
+// line ends the connection, as its end does.
 func (l *Listener) read(ctx context.Context, id uint64, c net.Conn) {
 	defer func() {
 		c.Close()
@@ -279,62 +279,75 @@ func (l *Listener) read(ctx context.Context, id uint64, c net.Conn) {
 		delete(l.conns, id)
 		l.mu.Unlock()
 		select {
-		case l.lines <- line{conn: id, closed: true}:
+		case l.batches <- []line{{conn: id, closed: true}}:
 		case <-ctx.Done():
 		}
 	}()
-	// The scanner's buffer holds one line; the bufio.Reader under it takes
-	// all that waits in the socket at each paced read.
-	sc := bufio.NewScanner(bufio.NewReaderSize(&pacedReader{r: c, pace: readPace}, 64<<10))
-	sc.Buffer(make([]byte, 0, 256), MaxLine)
-	sc.Split(wholeLines)
-	for sc.Scan() {
-		ev, err := Parse(sc.Text())
+	buf := make([]byte, 64<<10)
+	held := 0 // bytes of a line not yet whole, at the start of buf
+	var last time.Time
+	for {
+		// Lines written meanwhile wait in the socket and are read together.
+		if wait := readPace - time.Since(last); wait > 0 {
+			time.Sleep(wait)
+		}
+		n, err := c.Read(buf[held:])
+		last = time.Now()
+		held += n
+		var batch []line
+		at := l.now()
+		rest := buf[:held]
+		for {
+			i := bytes.IndexByte(rest, '\n')
+			if i < 0 {
+				break
+			}
+			ev, perr := Parse(string(rest[:i]))
+			if perr != nil {
+				l.logger().Warn("events socket: dropping a connection that does not speak the protocol", "event", "events_error", "err", perr)
+				return
+			}
+			batch = append(batch, line{conn: id, ev: ev, at: at})
+			rest = rest[i+1:]
+		}
+		if len(rest) >= MaxLine {
+			l.logger().Warn("events socket: dropping a connection that does not speak the protocol", "event", "events_error",
+				"err", fmt.Errorf("%w: a line longer than %d bytes", errMalformed, MaxLine))
+			return
+		}
+		held = copy(buf, rest)
+		if len(batch) > 0 {
+			select {
+			case l.batches <- batch:
+			case <-ctx.Done():
+				return
+			}
+		}
 		if err != nil {
-			l.logger().Warn("events socket: dropping a connection that does not speak the protocol", "event", "events_error", "err", err)
-			return
-		}
-		select {
-		case l.lines <- line{conn: id, ev: ev, at: l.now()}:
-		case <-ctx.Done():
+			// A last line without its newline is dropped: a writer that could
+			// not write a line whole closes its connection, and the cut line
+			// could parse as another, valid one ("start 12" of "start 1234 ...").
 			return
 		}
 	}
 }
 
-// pacedReader lets at least pace pass between two reads.
-type pacedReader struct {
-	r    io.Reader
-	pace time.Duration
-	last time.Time
-}
-
-func (p *pacedReader) Read(b []byte) (int, error) {
-	if wait := p.pace - time.Since(p.last); wait > 0 {
-		time.Sleep(wait)
-	}
-	n, err := p.r.Read(b)
-	p.last = time.Now()
-	return n, err
-}
-
-// wholeLines splits on newlines and drops a last line without one: a writer
-// that could not write a line whole closes its connection, and the cut line
-// could parse as another, valid one ("start 12" of "start 1234 ...").
-func wholeLines(data []byte, atEOF bool) (advance int, token []byte, err error) {
-	if i := bytes.IndexByte(data, '\n'); i >= 0 {
-		return i + 1, data[:i], nil
-	}
-	if atEOF {
-		return len(data), nil, nil
-	}
-	return 0, nil, nil
-}
-
-// apply updates the state; false when nothing changed.
-func (l *Listener) apply(ln line) bool {
+// applyAll applies a batch under one lock; changed: something a drain
+// looks at changed, ended: a job ended.
+func (l *Listener) applyAll(batch []line) (changed, ended bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	for _, ln := range batch {
+		if l.apply(ln) {
+			changed = true
+			ended = ended || ln.ev.Kind == End
+		}
+	}
+	return changed, ended
+}
+
+// apply updates the state, with l.mu held; false when nothing changed.
+func (l *Listener) apply(ln line) bool {
 	if ln.closed {
 		changed := false
 		for pid, p := range l.procs {

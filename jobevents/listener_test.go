@@ -2,9 +2,11 @@ package jobevents
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -167,12 +169,40 @@ func TestListenerCoalescesEnds(t *testing.T) {
 func TestListenerSignalsHeldEndAfterGap(t *testing.T) {
 	l := startListener(t, 50*time.Millisecond)
 	c := dial(t, l)
-	write(t, c, "end 9 a A\nend 9 b A\n")
-	for i := range 2 {
-		select {
-		case <-l.JobEnded():
-		case <-time.After(5 * time.Second):
-			t.Fatalf("signal %d missing: a held end must be signalled when the gap ends", i+1)
-		}
+	write(t, c, "end 9 a A\n")
+	select {
+	case <-l.JobEnded():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the first end was not signalled")
 	}
+	// The second end comes within the 50 ms gap, or just after it: either
+	// way it is signalled, held until the gap ends if need be.
+	write(t, c, "end 9 b A\n")
+	select {
+	case <-l.JobEnded():
+	case <-time.After(5 * time.Second):
+		t.Fatal("a held end must be signalled when the gap ends")
+	}
+}
+
+func TestListenerTakesABurstInOneBatch(t *testing.T) {
+	l := startListener(t, time.Millisecond)
+	c := dial(t, l)
+	// Lines that wait in the socket together are applied together: one
+	// JobEnded for the lot, and every line counted.
+	var burst strings.Builder
+	for i := range 500 {
+		fmt.Fprintf(&burst, "start 9 j%d A\nend 9 j%d A\n", i, i)
+	}
+	burst.WriteString("start 9 last B\n")
+	write(t, c, burst.String())
+	testutil.Eventually(t, 5*time.Second, "the burst applied", func() bool { n, ok := inFlight(l, 9); return ok && n == 1 })
+	classes, runs := l.TakeInterval()
+	if !slices.Equal(classes, []string{"A", "B"}) || runs["A"] != 500 || runs["B"] != 1 {
+		t.Fatalf("interval: %v %v, want [A B] with 500 runs of A and 1 of B", classes, runs)
+	}
+	// A line cut by the end of a read is kept for the next read.
+	write(t, c, "end 9 la")
+	write(t, c, "st B\n")
+	testutil.Eventually(t, 5*time.Second, "the cut line joined", func() bool { n, ok := inFlight(l, 9); return ok && n == 0 })
 }

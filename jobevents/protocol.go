@@ -57,7 +57,8 @@ var errMalformed = errors.New("malformed event")
 
 // Parse reads one line, without its newline.
 func Parse(line string) (Event, error) {
-	f := strings.Fields(line)
+	var fields [5]string
+	f := splitFields(line, fields[:0])
 	if len(f) < 2 {
 		return Event{}, fmt.Errorf("%w %q: want KIND PID ...", errMalformed, line)
 	}
@@ -89,4 +90,25 @@ func Parse(line string) (Event, error) {
 		return Event{}, fmt.Errorf("%w %q: unknown kind %q (hello, start, end, quiet)", errMalformed, line, f[0])
 	}
 	return ev, nil
+}
+
+// splitFields appends line's space-separated fields to f, as strings.Fields
+// does but into the caller's array: Parse runs for every line a busy
+// worker writes. It stops at cap(f) fields, more than any kind takes.
+func splitFields(line string, f []string) []string {
+	for {
+		line = strings.TrimLeft(line, " \t\r")
+		if line == "" {
+			return f
+		}
+		if len(f) == cap(f) {
+			return f
+		}
+		i := strings.IndexAny(line, " \t\r")
+		if i < 0 {
+			return append(f, line)
+		}
+		f = append(f, line[:i])
+		line = line[i:]
+	}
 }

@@ -1,11 +1,25 @@
 # The cost per job of the dynocycle Sidekiq middleware, against a bare
 # middleware that only yields, and against what the prior art pays per job
-# (`ps -o rss=` forked, or /proc/self/status read). The events go to a real
-# unix socket read by another process (not this one's GVL), as in a dyno.
+# (`ps -o rss=` forked, or /proc/self/status read).
 #
-#   ruby bench/events/middleware.rb [N]      (from the repository root)
+#   bench/events/run.sh runs it under the real agent:
+#     WORKER=sidekiq ... dynocycle run -- ruby bench/events/middleware.rb N
+#   so the events go to the agent's own reader, in another process, as in a
+#   dyno. Run by hand (DYNOCYCLE_EVENTS unset), it starts a stand-in reader
+#   process that reads every line as it comes.
+#
+# Method: batches of 100 jobs, bare and events alternating, a 1 ms pause
+# after each batch (not timed). Back to back, a 1 us job writes faster than
+# any reader, the socket fills and the middleware rightly drops the
+# connection; real jobs are not 1 us apart. Alternating batches share the
+# machine's drift, and the medians over thousands of batches shrug off the
+# batches in which this process lost its core. A batch with events in which
+# the connection was dropped anyway (the reader was not scheduled in time)
+# is not counted: its calls after the drop skipped the write and were
+# cheaper. The drops are reported.
 require "socket"
 require "tmpdir"
+require "fileutils"
 $LOAD_PATH.unshift File.expand_path("../../gem/lib", __dir__)
 require "dynocycle/events"
 require "sidekiq"
@@ -13,6 +27,7 @@ require "dynocycle/sidekiq"
 
 N = Integer(ARGV[0] || 200_000)
 PS_N = 200
+BATCH = 100
 
 class BareMiddleware
   def call(_worker, _job, _queue)
@@ -20,52 +35,26 @@ class BareMiddleware
   end
 end
 
-BATCH = 100
+def now_ns = Process.clock_gettime(Process::CLOCK_MONOTONIC, :nanosecond)
 
-# per_call_ns times n calls in batches with a pause between them (not
-# timed): back to back, a 1 us job writes faster than any reader, the socket
-# fills and the middleware rightly drops the connection. A unix stream
-# socket holds about 200 small unread writes (each counts ~1 KB against the
-# 208 KB send buffer), so a batch is 100 jobs (200 lines). Real jobs are not
-# 1 us apart; the pause lets the reader keep up so every event is written.
-#
-# With events, a batch during which the connection was dropped anyway (the
-# reader, on this shared machine, was not scheduled in time) is not counted:
-# its calls after the drop skipped the write and were cheaper. The drops are
-# reported.
-$dropped_batches = 0
-
-def per_call_ns(n, events = nil)
-  GC.start
-  total = 0
-  counted = 0
-  (n / BATCH).times do
-    t0 = Process.clock_gettime(Process::CLOCK_MONOTONIC, :nanosecond)
-    BATCH.times { |i| yield i }
-    dt = Process.clock_gettime(Process::CLOCK_MONOTONIC, :nanosecond) - t0
-    sleep 0.001
-    if events && !events.instance_variable_get(:@sock)
-      $dropped_batches += 1
-      sleep Dynocycle::Events::RETRY_AFTER
-      events.hello
-      next
-    end
-    total += dt
-    counted += BATCH
-  end
-  total.fdiv(counted)
+def batch_ns
+  t0 = now_ns
+  BATCH.times { |i| yield i }
+  dt = now_ns - t0
+  sleep 0.001
+  dt.fdiv(BATCH)
 end
 
-Dir.mktmpdir do |dir|
-  path = File.join(dir, "events.sock")
+def median(a) = a.sort[a.size / 2]
+
+# stand_in_reader forks a process that reads each connection to its end:
+# the bench without an agent.
+def stand_in_reader(path)
   server = UNIXServer.new(path)
-  # The reader takes every connection (the middleware reconnects after a
-  # drop) and reads each to its end.
-  reader = fork do
+  pid = fork do
     trap(:TERM) { exit!(0) }
     loop do
-      conn = server.accept
-      Thread.new(conn) do |c|
+      Thread.new(server.accept) do |c|
         buf = +""
         loop { c.sysread(1 << 20, buf) }
       rescue EOFError, IOError, SystemCallError
@@ -74,34 +63,68 @@ Dir.mktmpdir do |dir|
     end
   end
   server.close
-  events = Dynocycle::Events.new(path)
-  events.hello
-  job = { "jid" => "0123456789abcdef01234567", "class" => "HardJob" }
-  worker = Object.new
-  mw = Dynocycle::Sidekiq::Middleware
-  bare = BareMiddleware
+  pid
+end
 
-  # Sidekiq makes a new middleware instance per job: so do these.
-  per_call_ns(N / 10) { bare.new.call(worker, job, "default") { nil } } # warm up
-  per_call_ns(N / 10, events) { mw.new(events).call(worker, job, "default") { nil } }
-  results = Hash.new { |h, k| h[k] = [] }
-  5.times do
-    results[:bare] << per_call_ns(N) { bare.new.call(worker, job, "default") { nil } }
-    results[:events] << per_call_ns(N, events) { mw.new(events).call(worker, job, "default") { nil } }
+dir = Dir.mktmpdir
+path = ENV.fetch(Dynocycle::Events::ENV_VAR, nil)
+reader = nil
+unless path
+  path = File.join(dir, "events.sock")
+  reader = stand_in_reader(path)
+end
+events = Dynocycle::Events.new(path)
+events.hello
+abort "middleware.rb: cannot connect to #{path}" unless events.instance_variable_get(:@sock)
+
+job = { "jid" => "0123456789abcdef01234567", "class" => "HardJob" }
+worker = Object.new
+# Sidekiq makes a new middleware instance per job: so do these.
+bare = -> { BareMiddleware.new.call(worker, job, "default") { nil } }
+with_events = -> { Dynocycle::Sidekiq::Middleware.new(events).call(worker, job, "default") { nil } }
+
+dropped = 0
+run = lambda do |batches, record|
+  batches.times do
+    b = batch_ns { bare.call }
+    e = batch_ns { with_events.call }
+    if events.instance_variable_get(:@sock).nil?
+      dropped += 1
+      sleep Dynocycle::Events::RETRY_AFTER
+      events.hello
+      next
+    end
+    record&.call(b, e)
   end
-  results[:proc_status] << per_call_ns(N / 20) { File.read("/proc/self/status")[/^VmRSS:\s+(\d+)/, 1].to_i }
-  t0 = Process.clock_gettime(Process::CLOCK_MONOTONIC, :nanosecond)
-  PS_N.times { `ps -o rss= -p #{Process.pid}`.to_i }
-  results[:ps_fork] << (Process.clock_gettime(Process::CLOCK_MONOTONIC, :nanosecond) - t0).fdiv(PS_N)
+end
 
-  med = ->(a) { a.sort[a.size / 2] }
-  puts format("# ruby %s, sidekiq %s, N=%d (ps: %d), median of %d runs", RUBY_VERSION, Sidekiq::VERSION, N, PS_N, 5)
-  puts format("bare middleware (yield only)        %10.0f ns/job", med[results[:bare]])
-  puts format("dynocycle events middleware         %10.0f ns/job", med[results[:events]])
-  puts format("  its cost over bare                %10.0f ns/job", med[results[:events]] - med[results[:bare]])
-  puts format("  batches of %d not counted: dropped %d", BATCH, $dropped_batches)
-  puts format("read /proc/self/status per job      %10.0f ns/job", results[:proc_status][0])
-  puts format("fork `ps -o rss=` per job (prior art) %8.0f ns/job", results[:ps_fork][0])
-  Process.kill(:TERM, reader) rescue nil
+run.call(N / BATCH / 10, nil) # warm up
+GC.start
+bare_ns = []
+events_ns = []
+diff_ns = []
+run.call(N / BATCH, lambda { |b, e|
+  bare_ns << b
+  events_ns << e
+  diff_ns << e - b
+})
+
+proc_status = batch_ns { File.read("/proc/self/status")[/^VmRSS:\s+(\d+)/, 1].to_i }
+t0 = now_ns
+PS_N.times { `ps -o rss= -p #{Process.pid}`.to_i }
+ps_fork = (now_ns - t0).fdiv(PS_N)
+
+puts format("# ruby %s, sidekiq %s, %d jobs each in batches of %d, events read by %s",
+            RUBY_VERSION, Sidekiq::VERSION, bare_ns.size * BATCH, BATCH,
+            reader ? "a stand-in reader process" : "the dynocycle agent")
+puts format("bare middleware (yield only)          %10.0f ns/job (median batch)", median(bare_ns))
+puts format("dynocycle events middleware           %10.0f ns/job (median batch)", median(events_ns))
+puts format("  its cost over bare                  %10.0f ns/job (median of paired batches)", median(diff_ns))
+puts format("  batches not counted: dropped %d of %d", dropped, N / BATCH)
+puts format("read /proc/self/status per job        %10.0f ns/job", proc_status)
+puts format("fork `ps -o rss=` per job (prior art) %10.0f ns/job", ps_fork)
+if reader
+  Process.kill(:TERM, reader)
   Process.wait(reader)
 end
+FileUtils.rm_rf(dir)

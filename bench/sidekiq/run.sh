@@ -23,7 +23,8 @@
 # machine's load spreads over all of them. For each run: enqueue JOBS jobs,
 # start the worker, time the first job to the last (Sidekiq's boot excluded),
 # stop it with TERM. Prints one line per run and a summary: jobs/s mean, sd,
-# min, max, and the cost of each variant against bare.
+# min, max, and the cost of each variant against bare, in throughput and in
+# the Sidekiq process's CPU time per job (jobs.rb).
 set -euo pipefail
 
 JOBS=${JOBS:-10000}
@@ -68,7 +69,7 @@ enqueue() { # COUNT
 # cpu_ticks PID: user+system clock ticks the process has used so far.
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 
-# run_one VARIANT: prints "VARIANT jobs_per_s seconds [agent_cpu_percent]".
+# run_one VARIANT: prints "VARIANT jobs_per_s seconds sidekiq_cpu_us_per_job [agent_cpu_percent]".
 run_one() {
   local v=$1 cmd n=$JOBS
   [ "$v" = ps_gc ] && n=$PS_GC_JOBS
@@ -110,15 +111,16 @@ run_one() {
   kill -TERM "$worker_pid"
   wait "$worker_pid" || { echo "run.sh: $v exited $?" >&2; exit 1; }
   worker_pid=""
-  local first last
+  local first last first_cpu last_cpu
   first=$(rcli get bench:first); last=$(rcli get bench:last)
-  awk -v v="$v" -v n="$n" -v f="$first" -v l="$last" -v x="$extra" \
-    'BEGIN { printf "%s %.1f %.3f%s\n", v, (n - 1) / (l - f), l - f, x }'
+  first_cpu=$(rcli get bench:first_cpu); last_cpu=$(rcli get bench:last_cpu)
+  awk -v v="$v" -v n="$n" -v f="$first" -v l="$last" -v fc="$first_cpu" -v lc="$last_cpu" -v x="$extra" \
+    'BEGIN { printf "%s %.1f %.3f %.2f%s\n", v, (n - 1) / (l - f), l - f, 1e6 * (lc - fc) / (n - 1), x }'
 }
 
 echo "# $(date -u +%Y-%m-%dT%H:%M:%SZ) $(uname -srm), $(nproc) cores, $(ruby -e 'print RUBY_VERSION'), sidekiq $(ruby -r sidekiq -e 'print Sidekiq::VERSION' 2>/dev/null), redis $(redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/')"
 echo "# JOBS=$JOBS PS_GC_JOBS=$PS_GC_JOBS REPS=$REPS CONCURRENCY=$CONCURRENCY VARIANTS=\"$VARIANTS\""
-echo "# variant jobs/s seconds [agent_cpu_%_of_one_core]"
+echo "# variant jobs/s seconds sidekiq_cpu_us/job [agent_cpu_%_of_one_core]"
 : >"$work/results"
 for rep in $(seq "$REPS"); do
   for v in $VARIANTS; do

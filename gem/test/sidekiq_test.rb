@@ -135,4 +135,66 @@ class SidekiqMiddlewareTest < Minitest::Test
     pid = Process.pid
     assert_equal ["hello #{pid} 0\n", "start #{pid} j1 HardJob\n", "end #{pid} j1 HardJob\n"], lines(parent, 3)
   end
+  def test_lines_of_many_threads_keep_each_jobs_order
+    listen
+    events = Dynocycle::Events.new(@path)
+    events.hello
+    conn = @server.accept
+    # Read as the agent does, while the jobs run. The lines (about 60 KB)
+    # also fit in the socket's buffer, so a reader kept waiting for the GVL
+    # cannot make the writer drop the connection.
+    reader = Thread.new { lines(conn, 1 + 8 * 150 * 2) }
+    threads = Array.new(8) do |t|
+      Thread.new do
+        150.times { |i| run_job(events, { "jid" => "t#{t}j#{i}", "class" => "ManyJob" }) { Thread.pass if i.odd? } }
+      end
+    end
+    threads.each(&:join)
+    events.flush
+    got = reader.value
+    assert_equal "hello #{Process.pid} 0\n", got.shift
+    seen = {}
+    got.each do |line|
+      kind, pid, jid, klass = line.split
+      assert_equal [Process.pid.to_s, "ManyJob"], [pid, klass]
+      if kind == "start"
+        refute seen.key?(jid), "#{jid} started twice"
+        seen[jid] = :running
+      else
+        assert_equal :running, seen[jid], "#{jid} ended before it started"
+        seen[jid] = :done
+      end
+    end
+    assert_equal 1200, seen.size
+    assert(seen.values.all?(:done))
+    assert_equal 0, events.in_flight
+  end
+
+  def test_a_last_line_is_written_without_another_event
+    listen
+    # Never due by time: only the lingering-line thread can write them.
+    events = Dynocycle::Events.new(@path, flush_every: 3600, linger: 0.01)
+    events.hello
+    conn = @server.accept
+    run_job(events)
+    pid = Process.pid
+    assert_equal ["hello #{pid} 0\n", "start #{pid} j1 HardJob\n", "end #{pid} j1 HardJob\n"], lines(conn, 3)
+  end
+
+  def test_after_quiet_each_line_is_written_at_once
+    listen
+    # Neither due by time nor lingered: only the quiet makes them go.
+    events = Dynocycle::Events.new(@path, flush_every: 3600, linger: 3600)
+    started = Queue.new
+    release = Queue.new
+    job = Thread.new { run_job(events) { started << 1; release.pop } }
+    started.pop
+    events.quiet
+    conn = @server.accept
+    pid = Process.pid
+    assert_equal ["hello #{pid} 0\n", "start #{pid} j1 HardJob\n", "quiet #{pid}\n"], lines(conn, 3)
+    release << 1
+    job.join
+    assert_equal ["end #{pid} j1 HardJob\n"], lines(conn, 1)
+  end
 end
