@@ -21,11 +21,19 @@ require "sidekiq"
 Sidekiq.logger.level = Logger::WARN
 Redis.silence_deprecations = true if Redis.respond_to?(:silence_deprecations=)
 
+# WORK_MS: CPU work each job does first (a busy loop), for jobs less
+# trivial than an INCR: 0 by default.
+WORK_SECONDS = Float(ENV.fetch("WORK_MS", "0")) / 1000
+
 class NoopJob
   include Sidekiq::Worker
   sidekiq_options retry: false
 
   def perform(total)
+    if WORK_SECONDS.positive?
+      until_t = ::Process.clock_gettime(::Process::CLOCK_THREAD_CPUTIME_ID) + WORK_SECONDS
+      nil while ::Process.clock_gettime(::Process::CLOCK_THREAD_CPUTIME_ID) < until_t
+    end
     now = ::Process.clock_gettime(::Process::CLOCK_REALTIME)
     Sidekiq.redis do |r|
       n = r.incr("bench:done")

@@ -6,6 +6,7 @@
 #
 #   bench/sidekiq/pair.sh                       # A=bare B=events REPS=10 WINDOW=8
 #   A=bare B=dynocycle REPS=5 bench/sidekiq/pair.sh
+#   WORK_MS=2 JOBS=5000 bench/sidekiq/pair.sh   # jobs that each use 2 ms of CPU
 #
 # Variants (as in run.sh):
 #   bare        sidekiq alone (jobs.rb)
@@ -36,6 +37,7 @@ B=${B:-events}
 REPS=${REPS:-10}
 WINDOW=${WINDOW:-8}
 JOBS=${JOBS:-60000}
+export WORK_MS=${WORK_MS:-0}
 CONCURRENCY=${CONCURRENCY:-10}
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -106,7 +108,7 @@ start() {
 done_count() { redis-cli -p "${port[$1]}" get bench:done; }
 
 echo "# $(date -u +%Y-%m-%dT%H:%M:%SZ) $(uname -srm), Sidekiqs on CPU $SIDEKIQ_CPU, the rest on CPU $OTHER_CPU, ruby $(ruby -e 'print RUBY_VERSION'), sidekiq $(ruby -r sidekiq -e 'print Sidekiq::VERSION' 2>/dev/null)"
-echo "# A=$A B=$B REPS=$REPS WINDOW=${WINDOW}s JOBS=$JOBS CONCURRENCY=$CONCURRENCY"
+echo "# A=$A B=$B REPS=$REPS WINDOW=${WINDOW}s JOBS=$JOBS CONCURRENCY=$CONCURRENCY WORK_MS=$WORK_MS"
 echo "# rep A_jobs/s B_jobs/s B_vs_A_% A_cpu_us/job B_cpu_us/job B_vs_A_cpu_% B_agent_cpu_%"
 : >"$work/results"
 for rep in $(seq "$REPS"); do
@@ -129,7 +131,7 @@ for rep in $(seq "$REPS"); do
   left=$(( JOBS - (n2a > n2b ? n2a : n2b) ))
   [ "$left" -gt 0 ] || { echo "pair.sh: a worker ran out of jobs within the window; raise JOBS" >&2; exit 1; }
   agent=0
-  [ "$B" = bare ] || agent=$(awk -v d="$((g2 - g1))" -v hz="$hz" -v a="$t1" -v b="$t2" 'BEGIN { printf "%.2f", 100 * (d / hz) / (b - a) }')
+  case $B in dynocycle | events) agent=$(awk -v d="$((g2 - g1))" -v hz="$hz" -v a="$t1" -v b="$t2" 'BEGIN { printf "%.2f", 100 * (d / hz) / (b - a) }') ;; esac
   awk -v r="$rep" -v na="$((n2a - n1a))" -v nb="$((n2b - n1b))" -v ca="$((c2a - c1a))" -v cb="$((c2b - c1b))" \
       -v hz="$hz" -v a="$t1" -v b="$t2" -v g="$agent" 'BEGIN {
     ra = na / (b - a); rb = nb / (b - a); ua = 1e6 * ca / hz / na; ub = 1e6 * cb / hz / nb
@@ -153,5 +155,5 @@ ruby -e '
   puts format("%s against %s, %d reps side by side:", ARGV[2], ARGV[1], rows.size)
   puts format("  throughput  %+.2f%% ± %.2f (95%% interval of the mean; median %+.2f%%)", *tp)
   puts format("  CPU per job %+.2f%% ± %.2f (median %+.2f%%)", *cpu)
-  puts format("  agent CPU   %.2f%% of one core (mean)", ag[0]) unless ARGV[2] == "bare"
+  puts format("  agent CPU   %.2f%% of one core (mean)", ag[0]) if %w[dynocycle events].include?(ARGV[2])
 ' "$work/results" "$A" "$B"

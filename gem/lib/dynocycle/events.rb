@@ -29,6 +29,39 @@ module Dynocycle
   #   queued when nothing followed it (every LINGER).
   # Once the process is quiet every line is written at once: then the agent
   # counts a drained worker the moment its last job ends.
+  # ForkCount counts the forks that made this process, through
+  # Process._fork, which Kernel#fork, Process.fork and IO.popen("-") call
+  # (Ruby 3.1+). ActiveSupport hooks forks the same way. Installed only
+  # under dynocycle, by the first enabled Events.
+  module ForkCount
+    @value = 0
+    @installed = false
+    class << self
+      attr_reader :value, :installed
+
+      def forked
+        @value += 1
+      end
+
+      # install reports whether forks are counted from now on.
+      def install
+        return @installed if @installed || !::Process.respond_to?(:_fork)
+
+        ::Process.singleton_class.prepend(Hook)
+        @installed = true
+      end
+    end
+
+    # Hook is prepended to Process's singleton class.
+    module Hook
+      def _fork
+        pid = super
+        ForkCount.forked if pid.zero?
+        pid
+      end
+    end
+  end
+
   class Events
     ENV_VAR = "DYNOCYCLE_EVENTS"
     RETRY_AFTER = 1.0
@@ -50,6 +83,8 @@ module Dynocycle
       @linger = linger
       @class_words = {}
       @pid = nil
+      @forks = nil
+      @fork_hooked = @path ? ForkCount.install : false
     end
 
     def enabled?
@@ -119,9 +154,14 @@ module Dynocycle
     private
 
     # own_process notices a fork (Sidekiq 8's swarm): the queue, the socket
-    # and the lingering-line thread are the parent's. One getpid per event
-    # is cheaper than Process._fork hooks, which Ruby has only from 3.1.
+    # and the lingering-line thread are the parent's. With Ruby's fork hook
+    # (3.1+) it costs a counter compare; before, a getpid per event.
     def own_process
+      if @fork_hooked
+        return if @forks == ForkCount.value
+
+        @forks = ForkCount.value
+      end
       pid = ::Process.pid
       forked(pid) if pid != @pid
     end
@@ -213,10 +253,14 @@ module Dynocycle
 
     # put writes the whole text or nothing it can count on: a partial write
     # leaves a cut line on the stream, so the caller closes the connection
-    # and the agent knows it lost a line. MSG_NOSIGNAL: a dead agent gives
-    # EPIPE, never SIGPIPE, whatever the app did with the signal.
+    # and the agent knows it lost a line. write_nonblock, not
+    # sendmsg_nonblock with MSG_NOSIGNAL: sendmsg lets go of CRuby's global
+    # lock around the call, and with busy job threads waiting for it each
+    # write then cost a hand-over (bench/sidekiq/pair.sh). A dead agent
+    # still gives EPIPE and no signal: Ruby handles SIGPIPE itself, even
+    # after trap("PIPE", "DEFAULT"); only "SYSTEM_DEFAULT" would let it kill.
     def put(sock, text)
-      sock.sendmsg_nonblock(text, Socket::MSG_NOSIGNAL, exception: false) == text.bytesize
+      sock.write_nonblock(text, exception: false) == text.bytesize
     rescue StandardError
       false
     end
