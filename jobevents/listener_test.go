@@ -150,11 +150,7 @@ func TestListenerCoalescesEnds(t *testing.T) {
 	l := startListener(t, time.Hour)
 	c := dial(t, l)
 	write(t, c, "start 9 a A\nend 9 a A\n")
-	select {
-	case <-l.JobEnded():
-	case <-time.After(5 * time.Second):
-		t.Fatal("the first end was not signalled at once")
-	}
+	waitEnded(t, l, "the first end was not signalled at once")
 	// Ends within the gap are held: after a later line is applied (lines
 	// are applied in order), none was signalled.
 	write(t, c, "start 9 b A\nend 9 b A\nstart 9 c A\nend 9 c A\nquiet 9\n")
@@ -170,18 +166,19 @@ func TestListenerSignalsHeldEndAfterGap(t *testing.T) {
 	l := startListener(t, 50*time.Millisecond)
 	c := dial(t, l)
 	write(t, c, "end 9 a A\n")
-	select {
-	case <-l.JobEnded():
-	case <-time.After(5 * time.Second):
-		t.Fatal("the first end was not signalled")
-	}
+	waitEnded(t, l, "the first end was not signalled")
 	// The second end comes within the 50 ms gap, or just after it: either
 	// way it is signalled, held until the gap ends if need be.
 	write(t, c, "end 9 b A\n")
+	waitEnded(t, l, "a held end must be signalled when the gap ends")
+}
+
+func waitEnded(t *testing.T, l *Listener, failure string) {
+	t.Helper()
 	select {
 	case <-l.JobEnded():
 	case <-time.After(5 * time.Second):
-		t.Fatal("a held end must be signalled when the gap ends")
+		t.Fatal(failure)
 	}
 }
 

@@ -98,27 +98,11 @@ module Dynocycle
     end
 
     def start(jid, klass)
-      return unless @path
-
-      own_process
-      jid = word(jid) if !jid.is_a?(String) || jid.match?(SPACE)
-      @queue << "start#{@pid_field}#{jid} #{@class_words[klass] || class_word(klass)}\n"
-      write_due
-    rescue StandardError
-      # Never into the job. Exception (Sidekiq::Shutdown, Interrupt) is left
-      # alone: Sidekiq raises it into a job to stop it.
-      nil
+      queue_job("start", jid, klass)
     end
 
     def finish(jid, klass)
-      return unless @path
-
-      own_process
-      jid = word(jid) if !jid.is_a?(String) || jid.match?(SPACE)
-      @queue << "end#{@pid_field}#{jid} #{@class_words[klass] || class_word(klass)}\n"
-      write_due
-    rescue StandardError
-      nil
+      queue_job("end", jid, klass)
     end
 
     # quiet says no job starts in this process from now on, and from now on
@@ -152,6 +136,20 @@ module Dynocycle
     end
 
     private
+
+    # queue_job is a job's whole path: queue its line, write if due.
+    def queue_job(kind, jid, klass)
+      return unless @path
+
+      own_process
+      jid = word(jid) if !jid.is_a?(String) || jid.match?(SPACE)
+      @queue << "#{kind}#{@pid_field}#{jid} #{@class_words[klass] || class_word(klass)}\n"
+      write_due
+    rescue StandardError
+      # Never into the job. Exception (Sidekiq::Shutdown, Interrupt) is left
+      # alone: Sidekiq raises it into a job to stop it.
+      nil
+    end
 
     # own_process notices a fork (Sidekiq 8's swarm): the queue, the socket
     # and the lingering-line thread are the parent's. With Ruby's fork hook
