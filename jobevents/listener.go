@@ -28,6 +28,10 @@ const (
 	// maxConns bounds the connections held: one per worker process is
 	// the norm; more is a misbehaving writer.
 	maxConns = 256
+	// maxLost bounds the pids remembered as lost: a worker that forks a
+	// process per job (Resque) ends a connection per job. A writer that
+	// lost lines says hello when it reconnects anyway.
+	maxLost = 4096
 )
 
 // Proc is what the events say about one worker process.
@@ -146,6 +150,31 @@ func (l *Listener) Proc(pid int) (Proc, bool) {
 	}
 	sort.Strings(out.Jobs)
 	return out, true
+}
+
+// Procs reports on every process whose connection is open, and the pids
+// whose events were lost (their connection ended) and that have not said
+// hello since, in pid order.
+func (l *Listener) Procs() (live []Proc, lost []int) {
+	l.mu.Lock()
+	pids := make([]int, 0, len(l.procs))
+	for pid := range l.procs {
+		if !l.lost[pid] {
+			pids = append(pids, pid)
+		}
+	}
+	for pid := range l.lost {
+		lost = append(lost, pid)
+	}
+	l.mu.Unlock()
+	sort.Ints(pids)
+	sort.Ints(lost)
+	for _, pid := range pids {
+		if p, ok := l.Proc(pid); ok {
+			live = append(live, p)
+		}
+	}
+	return live, lost
 }
 
 // TakeInterval returns the job classes that ran since the previous call
@@ -352,6 +381,12 @@ func (l *Listener) apply(ln line) bool {
 		changed := false
 		for pid, p := range l.procs {
 			if p.conn == ln.conn {
+				if len(l.lost) >= maxLost {
+					for old := range l.lost {
+						delete(l.lost, old)
+						break
+					}
+				}
 				l.lost[pid] = true
 				delete(l.procs, pid)
 				changed = true

@@ -1,14 +1,17 @@
 // Package worker holds the quiet-and-drain behaviour of workers that are
-// driven by Unix signals alone (Resque, Delayed::Job, any worker). Sidekiq,
-// which reports its own state in Redis, lives in package sidekiq.
+// driven by Unix signals (Resque, Delayed::Job, any worker). Sidekiq, which
+// reports its own state in Redis, lives in package sidekiq.
 package worker
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"syscall"
+	"time"
 
 	"github.com/dynocycle/dynocycle/agent"
+	"github.com/dynocycle/dynocycle/jobevents"
 )
 
 // Process is the supervised worker.
@@ -17,35 +20,131 @@ type Process interface {
 	Done() <-chan struct{}
 }
 
-// Signals quiets a worker with QUIET_SIGNAL. A signals worker cannot say when
-// its last job ended, so draining waits out GRACE_TIME unless the worker
-// exits first; without a quiet signal there is nothing to drain and the stop
-// signal alone gives the worker SHUTDOWN_WAIT to finish.
+// EventSource is the job events the worker's processes report themselves
+// (jobevents.Listener), when the worker speaks the protocol.
+type EventSource interface {
+	Procs() (live []jobevents.Proc, lost []int)
+	Changed() <-chan struct{}
+}
+
+var (
+	_ EventSource      = (*jobevents.Listener)(nil)
+	_ agent.JobWatcher = (*jobevents.Listener)(nil)
+)
+
+// EventsSettle is how long after a process's quiet line its zero jobs in
+// flight count as drained: a job taken just before the quiet must have had
+// time to report its start.
+const EventsSettle = 200 * time.Millisecond
+
+// eventsTick is how often a drain with events looks at them between changes.
+const eventsTick = 50 * time.Millisecond
+
+// Signals quiets a worker with QUIET_SIGNAL. Without events a signals worker
+// cannot say when its last job ended, so draining waits out GRACE_TIME
+// unless the worker exits first; with events (Events set, and the worker
+// writing them) it is drained the moment they say so. Without a quiet
+// signal there is nothing to drain and the stop signal alone gives the
+// worker SHUTDOWN_WAIT to finish.
 type Signals struct {
 	Process     Process
 	QuietSignal syscall.Signal // 0: none
+	Events      EventSource    // nil: none
 	Logger      *slog.Logger
+	Now         func() time.Time // time.Now when nil
+	Alive       func(pid int) bool
+
+	quietAt time.Time
 }
 
 var _ agent.Quieter = (*Signals)(nil)
+
+func (s *Signals) now() time.Time {
+	if s.Now != nil {
+		return s.Now()
+	}
+	return time.Now()
+}
+
+func (s *Signals) alive(pid int) bool {
+	if s.Alive != nil {
+		return s.Alive(pid)
+	}
+	err := syscall.Kill(pid, 0)
+	return err == nil || errors.Is(err, syscall.EPERM)
+}
 
 // Quiet sends the quiet signal, if one is configured.
 func (s *Signals) Quiet(context.Context) error {
 	if s.QuietSignal == 0 {
 		return nil
 	}
+	s.quietAt = s.now()
 	return s.Process.Signal(s.QuietSignal)
 }
 
-// Drain waits for the worker to exit or for ctx (GRACE_TIME) to end.
+// Drain waits for the worker to exit, for its events to say it is drained,
+// or for ctx (GRACE_TIME) to end.
 func (s *Signals) Drain(ctx context.Context) error {
 	if s.QuietSignal == 0 {
 		return nil
 	}
-	select {
-	case <-s.Process.Done():
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
+	var changed <-chan struct{}
+	var tick <-chan time.Time
+	if s.Events != nil {
+		changed = s.Events.Changed()
+		t := time.NewTicker(eventsTick)
+		defer t.Stop()
+		tick = t.C
 	}
+	for {
+		if s.Events != nil && s.drainedByEvents() {
+			return nil
+		}
+		select {
+		case <-s.Process.Done():
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-changed:
+		case <-tick:
+		}
+	}
+}
+
+func (s *Signals) drainedByEvents() bool {
+	live, lost := s.Events.Procs()
+	lostAlive := false
+	for _, pid := range lost {
+		lostAlive = lostAlive || s.alive(pid)
+	}
+	if !EventsDrained(live, lostAlive, s.quietAt, s.now()) {
+		return false
+	}
+	if s.Logger != nil {
+		s.Logger.Info("drained by the worker's job events", "event", "events_drained", "processes", len(live), "source", "events")
+	}
+	return true
+}
+
+// EventsDrained is the drain by job events: a process said quiet after the
+// quiet signal (quietAt), at least EventsSettle ago; no process whose
+// events are live has a job in flight; and no process whose events were
+// lost is still alive. Without any quiet line it is never true: a worker
+// that does not say quiet is drained by its exit or GRACE_TIME, as without
+// events.
+func EventsDrained(live []jobevents.Proc, lostAlive bool, quietAt, now time.Time) bool {
+	if lostAlive || quietAt.IsZero() {
+		return false
+	}
+	quiet := false
+	for _, p := range live {
+		if p.InFlight > 0 {
+			return false
+		}
+		if !p.QuietAt.IsZero() && !p.QuietAt.Before(quietAt) && !now.Before(p.QuietAt.Add(EventsSettle)) {
+			quiet = true
+		}
+	}
+	return quiet
 }

@@ -142,6 +142,14 @@ func (c *CLI) buildAgent(ctx context.Context, cfg *config.Config, proc *child.Pr
 			}
 		} else {
 			a.Quieter = signals
+			// Any worker may speak the protocol (README): its job ends are
+			// sampled and its drain ends when its events say so.
+			if ev := listenEvents(proc, log); ev != nil {
+				signals.Events = ev
+				a.JobEnds = ev
+				svc.loops = append(svc.loops, ev.Run)
+				events = ev
+			}
 		}
 	}
 	switch store := cfg.ResolveFleetStore(); {
@@ -260,15 +268,16 @@ func newWorker(cfg *config.Config, proc *child.Process, meter *memory.Meter, cli
 }
 
 // listenEvents opens the socket on which the gem's Sidekiq middleware
-// (require "dynocycle/sidekiq") reports each job's start and end, and names
-// it in the worker's environment. A Sidekiq without the middleware never
-// connects and the heartbeats are read as before. A socket that cannot be
-// made is not fatal for the same reason: nil.
+// (require "dynocycle/sidekiq"), or any worker speaking the protocol,
+// reports each job's start and end, and names it in the worker's
+// environment. A worker that never connects is judged as before (Sidekiq's
+// heartbeats, or the signals worker's exit and GRACE_TIME). A socket that
+// cannot be made is not fatal for the same reason: nil.
 func listenEvents(proc *child.Process, log *slog.Logger) *jobevents.Listener {
 	path := filepath.Join(os.TempDir(), "dynocycle-"+strconv.Itoa(os.Getpid())+".sock")
 	ev, err := jobevents.Listen(path)
 	if err != nil {
-		log.Warn("job events unavailable; reading Sidekiq's heartbeats only", "event", "events_unavailable", "err", err)
+		log.Warn("job events unavailable; draining as without them", "event", "events_unavailable", "err", err)
 		return nil
 	}
 	ev.Logger = log
