@@ -25,10 +25,18 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Env is the variable that names the socket in the worker's environment.
 const Env = "DYNOCYCLE_EVENTS"
+
+// QuietSettle is how long after a process's quiet line its zero jobs in
+// flight are believed. A worker stops fetching at its quiet, but a thread
+// that had just fetched a job has yet to report its start: a few
+// instructions, which in Ruby may wait for the GVL (a timeslice is 100 ms).
+// Two timeslices.
+const QuietSettle = 200 * time.Millisecond
 
 // MaxLine bounds a line, newline included: a longer one breaks the
 // connection (the writer is not speaking the protocol).

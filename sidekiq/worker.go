@@ -43,13 +43,10 @@ const (
 	// drainedBeats is how many consecutive distinct beats must show a quiet,
 	// idle process: one beat can race with a job fetched just before quiet.
 	drainedBeats = 2
-	// eventsSettle is how long after a process's quiet line its zero jobs
-	// in flight are believed. Sidekiq fires :quiet once every processor has
-	// stopped fetching, but a processor that had just fetched a job before
-	// has yet to enter the middleware and report its start: a few
-	// instructions, which a thread may wait for the GVL to run (Ruby's
-	// timeslice is 100 ms). Two timeslices.
-	eventsSettle = 200 * time.Millisecond
+	// eventsSettle: Sidekiq fires :quiet once every processor has stopped
+	// fetching, but one that had just fetched a job has yet to enter the
+	// middleware and report its start.
+	eventsSettle = jobevents.QuietSettle
 	// eventsTick is how often a drain with events looks at them between
 	// their changes (the settle period ends without an event).
 	eventsTick = 50 * time.Millisecond

@@ -32,11 +32,6 @@ var (
 	_ agent.JobWatcher = (*jobevents.Listener)(nil)
 )
 
-// EventsSettle is how long after a process's quiet line its zero jobs in
-// flight count as drained: a job taken just before the quiet must have had
-// time to report its start.
-const EventsSettle = 200 * time.Millisecond
-
 // eventsTick is how often a drain with events looks at them between changes.
 const eventsTick = 50 * time.Millisecond
 
@@ -128,7 +123,7 @@ func (s *Signals) drainedByEvents() bool {
 }
 
 // EventsDrained is the drain by job events: a process said quiet after the
-// quiet signal (quietAt), at least EventsSettle ago; no process whose
+// quiet signal (quietAt), at least jobevents.QuietSettle ago; no process whose
 // events are live has a job in flight; and no process whose events were
 // lost is still alive. Without any quiet line it is never true: a worker
 // that does not say quiet is drained by its exit or GRACE_TIME, as without
@@ -142,7 +137,7 @@ func EventsDrained(live []jobevents.Proc, lostAlive bool, quietAt, now time.Time
 		if p.InFlight > 0 {
 			return false
 		}
-		if !p.QuietAt.IsZero() && !p.QuietAt.Before(quietAt) && !now.Before(p.QuietAt.Add(EventsSettle)) {
+		if !p.QuietAt.IsZero() && !p.QuietAt.Before(quietAt) && !now.Before(p.QuietAt.Add(jobevents.QuietSettle)) {
 			quiet = true
 		}
 	}

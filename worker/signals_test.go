@@ -56,7 +56,7 @@ func TestDrainWaitsForExitOrGraceTime(t *testing.T) {
 
 func TestEventsDrained(t *testing.T) {
 	quietAt := time.Unix(1000, 0)
-	settled := quietAt.Add(EventsSettle)
+	settled := quietAt.Add(jobevents.QuietSettle)
 	quiet := func(at time.Time, inFlight int) jobevents.Proc {
 		return jobevents.Proc{PID: 7, Live: true, QuietAt: at, InFlight: inFlight}
 	}
@@ -125,7 +125,7 @@ func TestDrainEndsWhenTheEventsSayDrained(t *testing.T) {
 		t.Errorf("a job in flight: %v, want the deadline", err)
 	}
 	cancel()
-	clock = clock.Add(EventsSettle)
+	clock = clock.Add(jobevents.QuietSettle)
 	ev.set(jobevents.Proc{PID: 7, Live: true, QuietAt: time.Unix(1000, 0)})
 	ctx, cancel = context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
