@@ -114,6 +114,8 @@ module Dynocycle
       @quiet = true
       @queue << "quiet#{@pid_field.rstrip}\n"
       flush
+    rescue StandardError
+      nil
     end
 
     # flush writes what is queued now (connecting first if need be).
