@@ -8,8 +8,10 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"slices"
 	"sort"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -28,7 +30,8 @@ const (
 	// maxConns bounds the connections held: one per worker process is
 	// the norm; more is a misbehaving writer.
 	maxConns = 256
-	// maxLost bounds the pids remembered as lost: a worker that forks a
+	// maxLost bounds the pids remembered as lost between two Procs calls
+	// (which forget those whose process is gone): a worker that forks a
 	// process per job (Resque) ends a connection per job. A writer that
 	// lost lines says hello when it reconnects anyway.
 	maxLost = 4096
@@ -144,37 +147,48 @@ func (l *Listener) Proc(pid int) (Proc, bool) {
 	if p == nil {
 		return Proc{}, false
 	}
+	return l.report(pid, p), true
+}
+
+// report is what Proc says of p, with l.mu held.
+func (l *Listener) report(pid int, p *proc) Proc {
 	out := Proc{PID: pid, Live: !l.lost[pid], InFlight: len(p.jobs) + p.extra, QuietAt: p.quietAt, LastEvent: p.lastEvent}
 	for _, c := range p.jobs {
 		out.Jobs = append(out.Jobs, c)
 	}
 	sort.Strings(out.Jobs)
-	return out, true
+	return out
 }
 
 // Procs reports on every process whose connection is open, and the pids
 // whose events were lost (their connection ended) and that have not said
-// hello since, in pid order.
+// hello since, in pid order. A lost pid whose process is gone is forgotten
+// here: nothing it lost can matter any more, and a worker that forks a
+// process per job (Resque) would otherwise leave one per job.
 func (l *Listener) Procs() (live []Proc, lost []int) {
 	l.mu.Lock()
-	pids := make([]int, 0, len(l.procs))
-	for pid := range l.procs {
+	defer l.mu.Unlock()
+	for pid, p := range l.procs {
 		if !l.lost[pid] {
-			pids = append(pids, pid)
+			live = append(live, l.report(pid, p))
 		}
 	}
 	for pid := range l.lost {
+		if !processExists(pid) {
+			delete(l.lost, pid)
+			continue
+		}
 		lost = append(lost, pid)
 	}
-	l.mu.Unlock()
-	sort.Ints(pids)
-	sort.Ints(lost)
-	for _, pid := range pids {
-		if p, ok := l.Proc(pid); ok {
-			live = append(live, p)
-		}
-	}
+	slices.SortFunc(live, func(a, b Proc) int { return a.PID - b.PID })
+	slices.Sort(lost)
 	return live, lost
+}
+
+// processExists: signal 0 reaches it (EPERM: it exists, as another user's).
+func processExists(pid int) bool {
+	err := syscall.Kill(pid, 0)
+	return err == nil || errors.Is(err, syscall.EPERM)
 }
 
 // TakeInterval returns the job classes that ran since the previous call
@@ -288,12 +302,13 @@ func (l *Listener) accept(ctx context.Context, wg *sync.WaitGroup) {
 			id++
 			l.conns[id] = c
 		}
+		connID := id // id is the loop's, not the iteration's: read must keep its own
 		l.mu.Unlock()
 		if full {
 			c.Close()
 			continue
 		}
-		wg.Go(func() { l.read(ctx, id, c) })
+		wg.Go(func() { l.read(ctx, connID, c) })
 	}
 }
 

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -202,4 +204,31 @@ func TestListenerTakesABurstInOneBatch(t *testing.T) {
 	write(t, c, "end 9 la")
 	write(t, c, "st B\n")
 	testutil.Eventually(t, 5*time.Second, "the cut line joined", func() bool { n, ok := inFlight(l, 9); return ok && n == 0 })
+}
+
+func TestProcsForgetsLostProcessesThatAreGone(t *testing.T) {
+	l := startListener(t, time.Millisecond)
+	self := os.Getpid()
+	gone := exec.Command("true")
+	if err := gone.Run(); err != nil {
+		t.Fatal(err)
+	}
+	dead := gone.Process.Pid // exited and reaped
+	live, lost := l.Procs()
+	if len(live) != 0 || len(lost) != 0 {
+		t.Fatalf("before any event: %v %v", live, lost)
+	}
+	c1 := dial(t, l)
+	write(t, c1, fmt.Sprintf("hello %d 0\nstart %d a A\n", self, self))
+	c2 := dial(t, l)
+	write(t, c2, fmt.Sprintf("start %d b B\n", dead))
+	testutil.Eventually(t, 5*time.Second, "both processes heard", func() bool { live, _ := l.Procs(); return len(live) == 2 })
+	c1.Close()
+	c2.Close()
+	// Both connections ended with a job in flight: their events are lost;
+	// only the process that still exists is reported.
+	testutil.Eventually(t, 5*time.Second, "the live process lost, the gone one forgotten", func() bool {
+		live, lost := l.Procs()
+		return len(live) == 0 && slices.Equal(lost, []int{self})
+	})
 }

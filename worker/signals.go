@@ -5,7 +5,6 @@ package worker
 
 import (
 	"context"
-	"errors"
 	"log/slog"
 	"syscall"
 	"time"
@@ -23,6 +22,8 @@ type Process interface {
 // EventSource is the job events the worker's processes report themselves
 // (jobevents.Listener), when the worker speaks the protocol.
 type EventSource interface {
+	// Procs: the processes whose events are live, and the pids of those
+	// still running whose events were lost.
 	Procs() (live []jobevents.Proc, lost []int)
 	Changed() <-chan struct{}
 }
@@ -47,7 +48,6 @@ type Signals struct {
 	Events      EventSource    // nil: none
 	Logger      *slog.Logger
 	Now         func() time.Time // time.Now when nil
-	Alive       func(pid int) bool
 
 	quietAt time.Time
 }
@@ -59,14 +59,6 @@ func (s *Signals) now() time.Time {
 		return s.Now()
 	}
 	return time.Now()
-}
-
-func (s *Signals) alive(pid int) bool {
-	if s.Alive != nil {
-		return s.Alive(pid)
-	}
-	err := syscall.Kill(pid, 0)
-	return err == nil || errors.Is(err, syscall.EPERM)
 }
 
 // Quiet sends the quiet signal, if one is configured.
@@ -108,12 +100,9 @@ func (s *Signals) Drain(ctx context.Context) error {
 }
 
 func (s *Signals) drainedByEvents() bool {
+	// Procs lists only the lost pids whose process still exists.
 	live, lost := s.Events.Procs()
-	lostAlive := false
-	for _, pid := range lost {
-		lostAlive = lostAlive || s.alive(pid)
-	}
-	if !EventsDrained(live, lostAlive, s.quietAt, s.now()) {
+	if !EventsDrained(live, len(lost) > 0, s.quietAt, s.now()) {
 		return false
 	}
 	if s.Logger != nil {

@@ -37,7 +37,7 @@ module Dynocycle
     @value = 0
     @installed = false
     class << self
-      attr_reader :value, :installed
+      attr_reader :value
 
       def forked
         @value += 1
