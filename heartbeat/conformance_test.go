@@ -49,6 +49,18 @@ func TestRedisFleetConformance(t *testing.T) {
 				t.Fatalf("flushall: %v", err)
 			}
 		},
+		Restart: func(t *testing.T, s fleettest.Store) time.Time {
+			srv := s.(*redisStore).srv
+			c := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+			defer c.Close()
+			// The test server keeps nothing on disk by itself.
+			if err := c.Save(context.Background()).Err(); err != nil {
+				t.Fatalf("save: %v", err)
+			}
+			up := time.Now()
+			srv.Restart()
+			return up
+		},
 	})
 }
 

@@ -63,5 +63,15 @@ func TestPostgresFleetConformance(t *testing.T) {
 				t.Fatalf("drop schema: %v", err)
 			}
 		},
+		Restart: func(t *testing.T, s fleettest.Store) time.Time {
+			srv := s.(*pgStore).srv
+			srv.Crash()
+			if err := srv.WaitDown(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			up := time.Now()
+			srv.Restart()
+			return up
+		},
 	})
 }

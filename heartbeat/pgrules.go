@@ -13,6 +13,17 @@ type leaseRow struct {
 	Lease
 	HolderSeen    time.Time
 	SuccessorSeen time.Time
+	// ServerStarted names the server process that wrote the row last (its
+	// start time); zero for rows of schema version 1.
+	ServerStarted time.Time
+}
+
+// serverLife is the database server process now running, as the rules
+// see it: when it started, which names it, and how long it has been up on
+// its own clock.
+type serverLife struct {
+	Started time.Time
+	Up      time.Duration
 }
 
 // waiter is a dyno queued before the caller.
@@ -32,14 +43,26 @@ type leaseTimes struct {
 
 // stale reports a handed-over lease whose holder and successor are both
 // gone: handed over BootAllowance ago, and neither renewed it for Seen.
-func (l leaseRow) stale(now time.Time, t leaseTimes) bool {
+func (l leaseRow) stale(now time.Time, srv serverLife, t leaseTimes) bool {
 	if l.RestartAt.IsZero() || now.Before(l.RestartAt.Add(t.BootAllowance)) {
 		return false
 	}
-	if now.Sub(orTime(l.HolderSeen, l.AcquiredAt)) <= t.Seen {
+	if !l.silent(orTime(l.HolderSeen, l.AcquiredAt), now, srv, t) {
 		return false
 	}
-	return l.Successor == "" || now.Sub(orTime(l.SuccessorSeen, l.ClaimedAt)) > t.Seen
+	return l.Successor == "" || l.silent(orTime(l.SuccessorSeen, l.ClaimedAt), now, srv, t)
+}
+
+// silent reports a holder or successor last seen at last that has not
+// renewed for Seen while the server was up to hear it: the row was last
+// written by the server process now running, or that process has been up
+// for Seen. A silence that spans a restart of the database is no sign of
+// death: nobody could renew meanwhile.
+func (l leaseRow) silent(last, now time.Time, srv serverLife, t leaseTimes) bool {
+	if now.Sub(last) <= t.Seen {
+		return false
+	}
+	return (!l.ServerStarted.IsZero() && l.ServerStarted.Equal(srv.Started)) || srv.Up > t.Seen
 }
 
 func orTime(t, otherwise time.Time) time.Time {
@@ -51,9 +74,10 @@ func orTime(t, otherwise time.Time) time.Time {
 
 // acquireFacts is what Acquire reads, under the app's row lock, to decide.
 type acquireFacts struct {
-	Now   time.Time
-	Epoch time.Time // the app's created_at
-	Token int64     // the app's fencing token counter
+	Now    time.Time
+	Server serverLife
+	Epoch  time.Time // the app's created_at
+	Token  int64     // the app's fencing token counter
 	// Live are the unexpired leases of slots 0..slots-1.
 	Live []leaseRow
 	// Ahead are the dynos queued before the caller, in asking order.
@@ -112,7 +136,7 @@ func decideAcquire(f acquireFacts, r acquireRules) acquireOutcome {
 		}
 	}
 	for _, l := range f.Live {
-		if l.stale(f.Now, r.leaseTimes) {
+		if l.stale(f.Now, f.Server, r.leaseTimes) {
 			out.Stale = append(out.Stale, l)
 			continue
 		}
@@ -192,7 +216,7 @@ type claimer struct {
 // the holder's own name may claim (the platform brings a Cedar dyno back
 // under its name); otherwise any name may, the caller's own name first, then
 // the oldest hand-over. ok is false when there is neither.
-func pickHeld(live []leaseRow, c claimer, now time.Time, t leaseTimes) (l leaseRow, mine, ok bool) {
+func pickHeld(live []leaseRow, c claimer, now time.Time, srv serverLife, t leaseTimes) (l leaseRow, mine, ok bool) {
 	var best *leaseRow
 	bestSame := false
 	for i := range live {
@@ -203,7 +227,7 @@ func pickHeld(live []leaseRow, c claimer, now time.Time, t leaseTimes) (l leaseR
 		if !c.MayClaim || cur.RestartAt.IsZero() || cur.ProcessType != c.ProcessType || c.Started.Before(cur.RestartAt) {
 			continue
 		}
-		if cur.Successor != "" && now.Sub(orTime(cur.SuccessorSeen, cur.ClaimedAt)) <= t.Seen {
+		if cur.Successor != "" && !cur.silent(orTime(cur.SuccessorSeen, cur.ClaimedAt), now, srv, t) {
 			continue
 		}
 		same := cur.Holder == c.Dyno

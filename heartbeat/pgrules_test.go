@@ -8,9 +8,16 @@ import (
 
 var t0 = time.Date(2026, 3, 14, 9, 0, 0, 0, time.UTC)
 
+// The database server the rows were written on, up for a day; a restart
+// of it a moment ago.
+var (
+	server    = serverLife{Started: t0.Add(-24 * time.Hour), Up: 24 * time.Hour}
+	restarted = serverLife{Started: t0.Add(-5 * time.Second), Up: 5 * time.Second}
+)
+
 func row(slot int, dyno, boot string, tok int64) leaseRow {
 	return leaseRow{Lease: Lease{Slot: slot, Holder: dyno, HolderBoot: boot, ProcessType: ProcessType(dyno), Token: tok,
-		AcquiredAt: t0.Add(-time.Hour)}, HolderSeen: t0}
+		AcquiredAt: t0.Add(-time.Hour)}, HolderSeen: t0, ServerStarted: server.Started}
 }
 
 func presence(dyno string, p Presence) Presence {
@@ -56,6 +63,12 @@ func TestDecideAcquire(t *testing.T) {
 		{name: "stale hand-over freed and granted", rules: acquireRules{Dyno: "worker.1", ProcessType: "worker", Slots: 1, leaseTimes: times},
 			facts: acquireFacts{Now: t0, Epoch: old, Live: []leaseRow{stale}},
 			want:  acquireOutcome{Kind: acquireGrant, Slot: 0, Stale: []leaseRow{stale}}},
+		{name: "silent across a restart of the database: kept", rules: acquireRules{Dyno: "worker.1", ProcessType: "worker", Slots: 1, leaseTimes: times},
+			facts: acquireFacts{Now: t0, Server: restarted, Epoch: old, Live: []leaseRow{stale}},
+			want:  acquireOutcome{Kind: acquireNoSlot}},
+		{name: "silent across a restart, the new server up for Seen: freed", rules: acquireRules{Dyno: "worker.1", ProcessType: "worker", Slots: 1, leaseTimes: times},
+			facts: acquireFacts{Now: t0, Server: serverLife{Started: t0.Add(-20 * time.Second), Up: 20 * time.Second}, Epoch: old, Live: []leaseRow{stale}},
+			want:  acquireOutcome{Kind: acquireGrant, Slot: 0, Stale: []leaseRow{stale}}},
 		{name: "hand-over within the boot allowance kept", rules: acquireRules{Dyno: "worker.1", ProcessType: "worker", Slots: 1, leaseTimes: times},
 			facts: acquireFacts{Now: t0, Epoch: old, Live: []leaseRow{handedOver(row(0, "worker.5", "x", 3), t0.Add(-time.Minute), t0.Add(-time.Minute))}},
 			want:  acquireOutcome{Kind: acquireNoSlot}},
@@ -92,6 +105,9 @@ func TestDecideAcquire(t *testing.T) {
 			want:  acquireOutcome{Kind: acquireGrant, Slot: 1, Waived: true}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			if tc.facts.Server == (serverLife{}) {
+				tc.facts.Server = server
+			}
 			got := decideAcquire(tc.facts, tc.rules)
 			if !reflect.DeepEqual(got, tc.want) {
 				t.Fatalf("got  %+v\nwant %+v", got, tc.want)
@@ -135,7 +151,7 @@ func TestPickHeld(t *testing.T) {
 		{"successor gone: claimed again", []leaseRow{abandoned}, who("worker-fffffffff-xxxxx"), 2, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, mine, ok := pickHeld(tc.live, tc.c, t0, times)
+			got, mine, ok := pickHeld(tc.live, tc.c, t0, server, times)
 			if tc.want == 0 {
 				if ok {
 					t.Fatalf("picked %+v", got)
@@ -146,6 +162,23 @@ func TestPickHeld(t *testing.T) {
 				t.Fatalf("picked %+v mine %v ok %v; want token %d mine %v", got, mine, ok, tc.want, tc.wantMine)
 			}
 		})
+	}
+}
+
+// A successor silent across a restart of the database may still be
+// booting: nobody claims its lease until the new server has been up Seen.
+func TestPickHeldAfterARestartOfTheDatabase(t *testing.T) {
+	times := leaseTimes{BootAllowance: 2 * time.Minute, Seen: 15 * time.Second}
+	l := row(0, "worker-abc123def-k2x7p", "old", 2)
+	l.RestartAt = t0.Add(-time.Minute)
+	l.Successor, l.SuccessorBoot, l.ClaimedAt, l.SuccessorSeen = "worker-new000000-aaaaa", "s", t0.Add(-time.Minute), t0.Add(-time.Minute)
+	c := claimer{Dyno: "worker-fffffffff-xxxxx", Boot: "new", ProcessType: "worker", Started: t0.Add(-time.Second), MayClaim: true}
+	if got, _, ok := pickHeld([]leaseRow{l}, c, t0, restarted, times); ok {
+		t.Fatalf("claimed %+v right after a restart", got)
+	}
+	up := serverLife{Started: restarted.Started, Up: times.Seen + time.Second}
+	if _, _, ok := pickHeld([]leaseRow{l}, c, t0, up, times); !ok {
+		t.Fatal("not claimed once the new server was up for Seen")
 	}
 }
 

@@ -22,7 +22,8 @@ import (
 //	dynocycle.schema_version  one row per version applied
 //	dynocycle.apps            app -> fencing token counter, created_at (the epoch, see Settle)
 //	dynocycle.presences       (app, dyno) -> process type, state, Presence JSON, expires_at
-//	dynocycle.leases          (app, slot) -> token, holder (dyno, boot), hand-over, successor, expires_at
+//	dynocycle.leases          (app, slot) -> token, holder (dyno, boot), hand-over, successor, expires_at,
+//	                          the server process that wrote it last
 //	dynocycle.queue           (app, dyno) -> asked_at: the dynos waiting for a slot, in asking order
 //
 // A lease or presence whose expires_at has passed is as good as absent; rows
@@ -30,7 +31,7 @@ import (
 const pgSchema = "dynocycle"
 
 // pgSchemaVersion is the version this build creates and understands.
-const pgSchemaVersion = 1
+const pgSchemaVersion = 2
 
 // pgMigrationLock serialises schema changes of concurrent agents (the bytes
 // of "dynocycl"): CREATE ... IF NOT EXISTS alone races in the catalog.
@@ -81,6 +82,10 @@ CREATE TABLE IF NOT EXISTS dynocycle.queue (
   asked_at timestamptz NOT NULL,
   PRIMARY KEY (app, dyno)
 );
+`,
+	// The server process that wrote a lease last (see leaseRow.silent).
+	2: `
+ALTER TABLE dynocycle.leases ADD COLUMN IF NOT EXISTS server_started timestamptz;
 `,
 }
 

@@ -297,14 +297,15 @@ func (p *Postgres) Publish(ctx context.Context, pr Presence) error {
 
 // leaseColumns is the column list scanLease reads.
 const leaseColumns = `slot, token, process_type, holder, holder_boot, acquired_at, holder_seen, restart_at,
-  successor, successor_boot, claimed_at, successor_seen, expires_at`
+  successor, successor_boot, claimed_at, successor_seen, expires_at, server_started`
 
 func scanLease(r pgx.Row) (leaseRow, error) {
 	var l leaseRow
-	var hseen, rat, sat, sseen *time.Time
+	var hseen, rat, sat, sseen, srv *time.Time
 	err := r.Scan(&l.Slot, &l.Token, &l.ProcessType, &l.Holder, &l.HolderBoot, &l.AcquiredAt, &hseen, &rat,
-		&l.Successor, &l.SuccessorBoot, &sat, &sseen, &l.ExpiresAt)
+		&l.Successor, &l.SuccessorBoot, &sat, &sseen, &l.ExpiresAt, &srv)
 	l.HolderSeen, l.RestartAt, l.ClaimedAt, l.SuccessorSeen = deref(hseen), deref(rat), deref(sat), deref(sseen)
+	l.ServerStarted = deref(srv)
 	return l, err
 }
 
@@ -326,8 +327,10 @@ func orNull(t time.Time) any {
 const (
 	pgEnsureApp = `INSERT INTO dynocycle.apps (app, created_at) VALUES ($1, coalesce($2::timestamptz, now()))
   ON CONFLICT (app) DO NOTHING`
-	pgLockApp = `SELECT created_at, token, coalesce($2::timestamptz, now()) FROM dynocycle.apps WHERE app = $1 FOR UPDATE`
-	pgLive    = `SELECT ` + leaseColumns + ` FROM dynocycle.leases
+	pgLockApp = `SELECT created_at, token, coalesce($2::timestamptz, now()),
+    pg_postmaster_start_time(), extract(epoch FROM now() - pg_postmaster_start_time())::float8
+  FROM dynocycle.apps WHERE app = $1 FOR UPDATE`
+	pgLive = `SELECT ` + leaseColumns + ` FROM dynocycle.leases
   WHERE app = $1 AND slot < $2 AND expires_at > coalesce($3::timestamptz, now()) ORDER BY slot`
 	pgEnqueue = `INSERT INTO dynocycle.queue (app, dyno, asked_at) VALUES ($1, $2, coalesce($3::timestamptz, now()))
   ON CONFLICT (app, dyno) DO NOTHING`
@@ -347,12 +350,13 @@ const (
 	pgSetToken  = `UPDATE dynocycle.apps SET token = $2 WHERE app = $1`
 	// A grant overwrites only an expired row: a renewal that slipped in
 	// after the read keeps its slot.
-	pgGrant = `INSERT INTO dynocycle.leases (app, slot, token, process_type, holder, holder_boot, acquired_at, holder_seen, expires_at)
-  VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $7::timestamptz + $8::float8 * interval '1 millisecond')
+	pgGrant = `INSERT INTO dynocycle.leases (app, slot, token, process_type, holder, holder_boot, acquired_at, holder_seen, expires_at,
+    server_started)
+  VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $7::timestamptz + $8::float8 * interval '1 millisecond', pg_postmaster_start_time())
   ON CONFLICT (app, slot) DO UPDATE SET token = excluded.token, process_type = excluded.process_type,
     holder = excluded.holder, holder_boot = excluded.holder_boot, acquired_at = excluded.acquired_at,
     holder_seen = excluded.holder_seen, restart_at = NULL, successor = '', successor_boot = '',
-    claimed_at = NULL, successor_seen = NULL, expires_at = excluded.expires_at
+    claimed_at = NULL, successor_seen = NULL, expires_at = excluded.expires_at, server_started = excluded.server_started
   WHERE dynocycle.leases.expires_at <= excluded.acquired_at
   RETURNING expires_at`
 	pgExtend = `UPDATE dynocycle.leases SET expires_at = $4::timestamptz + $5::float8 * interval '1 millisecond'
@@ -371,7 +375,10 @@ func (p *Postgres) lockApp(ctx context.Context, tx pgx.Tx, queue, peers bool) (a
 	b := &pgx.Batch{}
 	b.Queue(pgEnsureApp, p.app, p.clock())
 	b.Queue(pgLockApp, p.app, p.clock()).QueryRow(func(r pgx.Row) error {
-		return r.Scan(&f.Epoch, &f.Token, &f.Now)
+		var up float64
+		err := r.Scan(&f.Epoch, &f.Token, &f.Now, &f.Server.Started, &up)
+		f.Server.Up = time.Duration(up * float64(time.Second))
+		return err
 	})
 	b.Queue(pgLive, p.app, p.slots, p.clock()).Query(func(rows pgx.Rows) error {
 		for rows.Next() {
@@ -508,7 +515,8 @@ func (p *Postgres) Acquire(ctx context.Context) (Lease, error) {
 const pgRenew = `UPDATE dynocycle.leases
   SET expires_at = coalesce($6::timestamptz, now()) + $7::float8 * interval '1 millisecond',
     holder_seen = CASE WHEN holder = $4 AND holder_boot = $5 THEN coalesce($6::timestamptz, now()) ELSE holder_seen END,
-    successor_seen = CASE WHEN successor = $4 AND successor_boot = $5 THEN coalesce($6::timestamptz, now()) ELSE successor_seen END
+    successor_seen = CASE WHEN successor = $4 AND successor_boot = $5 THEN coalesce($6::timestamptz, now()) ELSE successor_seen END,
+    server_started = pg_postmaster_start_time()
   WHERE app = $1 AND slot = $2 AND token = $3 AND expires_at > coalesce($6::timestamptz, now())
     AND ((holder = $4 AND holder_boot = $5) OR (successor = $4 AND successor_boot = $5))
   RETURNING ` + leaseColumns
@@ -516,19 +524,21 @@ const pgRenew = `UPDATE dynocycle.leases
 const (
 	pgSeen = `UPDATE dynocycle.leases SET expires_at = $4::timestamptz + $5::float8 * interval '1 millisecond',
     holder_seen = CASE WHEN $6 THEN $4::timestamptz ELSE holder_seen END,
-    successor_seen = CASE WHEN $6 THEN successor_seen ELSE $4::timestamptz END
+    successor_seen = CASE WHEN $6 THEN successor_seen ELSE $4::timestamptz END, server_started = pg_postmaster_start_time()
   WHERE app = $1 AND slot = $2 AND token = $3 RETURNING ` + leaseColumns
 	pgRecordSuccessor = `UPDATE dynocycle.leases SET expires_at = $4::timestamptz + $5::float8 * interval '1 millisecond',
-    successor = $6, successor_boot = $7, claimed_at = coalesce($8::timestamptz, $4::timestamptz), successor_seen = $4::timestamptz
+    successor = $6, successor_boot = $7, claimed_at = coalesce($8::timestamptz, $4::timestamptz), successor_seen = $4::timestamptz,
+    server_started = pg_postmaster_start_time()
   WHERE app = $1 AND slot = $2 AND token = $3 RETURNING ` + leaseColumns
 	pgRestore = `INSERT INTO dynocycle.leases (app, slot, token, process_type, holder, holder_boot, acquired_at, holder_seen,
-    restart_at, successor, successor_boot, claimed_at, successor_seen, expires_at)
-  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14::timestamptz + $15::float8 * interval '1 millisecond')
+    restart_at, successor, successor_boot, claimed_at, successor_seen, expires_at, server_started)
+  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14::timestamptz + $15::float8 * interval '1 millisecond',
+    pg_postmaster_start_time())
   ON CONFLICT (app, slot) DO UPDATE SET token = excluded.token, process_type = excluded.process_type,
     holder = excluded.holder, holder_boot = excluded.holder_boot, acquired_at = excluded.acquired_at,
     holder_seen = excluded.holder_seen, restart_at = excluded.restart_at, successor = excluded.successor,
     successor_boot = excluded.successor_boot, claimed_at = excluded.claimed_at,
-    successor_seen = excluded.successor_seen, expires_at = excluded.expires_at
+    successor_seen = excluded.successor_seen, expires_at = excluded.expires_at, server_started = excluded.server_started
   RETURNING ` + leaseColumns
 	pgRaiseToken = `UPDATE dynocycle.apps SET token = greatest(token, $2) WHERE app = $1`
 )
@@ -679,7 +689,8 @@ func (p *Postgres) Release(ctx context.Context, lease Lease) error {
 }
 
 const pgClaim = `UPDATE dynocycle.leases SET successor = $4, successor_boot = $5, claimed_at = $6,
-    successor_seen = $6, expires_at = $6::timestamptz + $7::float8 * interval '1 millisecond'
+    successor_seen = $6, expires_at = $6::timestamptz + $7::float8 * interval '1 millisecond',
+    server_started = pg_postmaster_start_time()
   WHERE app = $1 AND slot = $2 AND token = $3 RETURNING ` + leaseColumns
 
 // Held returns the lease this agent holds: one it took, or one handed over
@@ -696,7 +707,7 @@ func (p *Postgres) Held(ctx context.Context) (Lease, bool, error) {
 				return err
 			}
 			c.Started = p.startedOnServer() // the offset is measured at connect
-			got, mine, ok = pickHeld(f.Live, c, f.Now, p.times())
+			got, mine, ok = pickHeld(f.Live, c, f.Now, f.Server, p.times())
 			if !ok || mine {
 				return nil
 			}

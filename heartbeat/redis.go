@@ -45,7 +45,12 @@ import (
 // name not of the form type.N) the replacement has a new name, so any new
 // dyno of the type may. A handed-over lease whose holder and successor have
 // both stopped renewing it for PresenceTTL is freed BootAllowance after the
-// hand-over, not at the end of its TTL.
+// hand-over, not at the end of its TTL. Silence is only counted while Redis
+// was up to hear a renewal: each lease write records the run id of the
+// Redis process (INFO server), and a silence since a write by another
+// process is believed only once the one now running has been up for
+// PresenceTTL. Otherwise a holder still alive, whose renewals failed while
+// Redis restarted, would lose its slot to the first dyno to ask after it.
 //
 // # Fair queue
 //
@@ -81,7 +86,11 @@ import (
 //
 // What cannot be guaranteed: if the epoch key alone is lost while lease
 // keys survive (someone deletes it by hand), or dyno clocks disagree by more
-// than the settle time, the settle gate can open early. A successor whose
+// than the settle time, the settle gate can open early. A failover to a
+// replica that has long been up, or an outage of the network alone, is not
+// told from a holder's death: a silence over PresenceTTL that spans one frees
+// a hand-over early (where INFO is not allowed in scripts, silence is never
+// believed and such a lease runs out by its TTL). A successor whose
 // restored lease is claimed by another new dyno first (two new dynos and a
 // data loss within one renewal interval) loses it. While Redis is down
 // nobody can acquire at all: the agent keeps its worker running.
@@ -316,13 +325,41 @@ local function raise(key, tok)
   local cur = tonumber(redis.call('GET', key) or '0') or 0
   if cur < tok then redis.call('SET', key, tok) end
 end
+-- server: this Redis process's run id and uptime in ms, read once per
+-- script; nil and 0 where INFO is not allowed.
+local srvid, srvup
+local function server()
+  if srvup == nil then
+    local info = redis.pcall('INFO', 'server')
+    srvup = 0
+    if type(info) == 'string' then
+      srvid = string.match(info, 'run_id:(%x+)')
+      srvup = (tonumber(string.match(info, 'uptime_in_seconds:(%d+)')) or 0) * 1000
+    end
+  end
+  return srvid, srvup
+end
+-- stamp: a lease is written with the run id of the Redis process that saw
+-- its holder or successor last.
+local function stamp(l)
+  l.srv = server()
+  return l
+end
+-- silent: last seen at last, the holder or successor has not renewed l for
+-- PresenceTTL while this Redis was up to hear it: l was last written by
+-- this very process, or it has been up for PresenceTTL. A silence that
+-- spans a restart of Redis is no sign of death: nobody could renew.
+local function silent(l, last, now, seen)
+  if now - (tonumber(last) or 0) <= seen then return false end
+  local id, up = server()
+  return (id ~= nil and l.srv == id) or up > seen
+end
 -- stale: handed over BootAllowance ago, and neither holder nor successor
 -- has renewed it for PresenceTTL.
 local function stale(l, now, allowance, seen)
   if not l.rat or now < l.rat + allowance then return false end
-  if now - (tonumber(l.hseen) or tonumber(l.at) or 0) <= seen then return false end
-  if l.sdyno and now - (tonumber(l.sseen) or tonumber(l.sat) or 0) <= seen then return false end
-  return true
+  if not silent(l, tonumber(l.hseen) or tonumber(l.at), now, seen) then return false end
+  return not l.sdyno or silent(l, tonumber(l.sseen) or tonumber(l.sat), now, seen)
 end
 `
 
@@ -431,7 +468,7 @@ if want > 0 then
   end
 end
 local tok = redis.call('INCR', KEYS[3])
-local v = cjson.encode({tok = tok, at = now, type = ptype, dyno = dyno, boot = boot, hseen = now})
+local v = cjson.encode(stamp({tok = tok, at = now, type = ptype, dyno = dyno, boot = boot, hseen = now}))
 redis.call('SET', KEYS[free[1]], v, 'PX', ttl)
 redis.call('ZREM', KEYS[5], dyno)
 return {'ok', free[1] - first, v, waived, freed}
@@ -543,7 +580,7 @@ else
   redis.call('SET', KEYS[3], ARGV[6], 'NX', 'PX', ARGV[7])
   res = 2
 end
-v = cjson.encode(l)
+v = cjson.encode(stamp(l))
 redis.call('SET', KEYS[1], v, 'PX', ARGV[4])
 return {res, v}
 `)
@@ -605,7 +642,7 @@ else
 end
 if not l.rat then l.rat = now end
 l.hseen = now
-v = cjson.encode(l)
+v = cjson.encode(stamp(l))
 redis.call('SET', KEYS[1], v, 'PX', ARGV[4])
 return {1, v}
 `)
@@ -697,7 +734,7 @@ for i = 1, #KEYS do
       return {'mine', i - 1, v, redis.call('PTTL', KEYS[i])}
     end
     if ARGV[8] == '1' and l.rat and l.type == ptype and started >= l.rat and
-       (not l.sdyno or now - (tonumber(l.sseen) or tonumber(l.sat) or 0) > seen) then
+       (not l.sdyno or silent(l, tonumber(l.sseen) or tonumber(l.sat), now, seen)) then
       local same = l.dyno == dyno
       if same or not string.match(l.dyno, '^[^.]+%.%d+$') then
         if not best or (same and not bestsame) or (same == bestsame and l.rat < bestl.rat) then
@@ -709,7 +746,7 @@ for i = 1, #KEYS do
 end
 if not best then return {'none'} end
 bestl.sdyno, bestl.sboot, bestl.sat, bestl.sseen = dyno, boot, now, now
-local v = cjson.encode(bestl)
+local v = cjson.encode(stamp(bestl))
 redis.call('SET', KEYS[best], v, 'PX', ARGV[6])
 return {'claimed', best - 1, v, tonumber(ARGV[6])}
 `)

@@ -45,6 +45,10 @@ type Setup struct {
 	// Lose, if set, makes the store lose all its data at once, as a
 	// FLUSHALL or a failover to an empty replica does.
 	Lose func(t *testing.T, s Store)
+	// Restart, if set, stops the store's server and starts it again on
+	// the same data, as a crash or maintenance does. It returns a moment no
+	// later than the new server's start.
+	Restart func(t *testing.T, s Store) time.Time
 }
 
 // Run runs the conformance suite.
@@ -63,11 +67,15 @@ func Run(t *testing.T, setup Setup) {
 		{"GrantOrderIsWantOrder", testFairQueue},
 		{"WaiterThatLeavesOrDiesLeavesTheQueue", testQueueLeavers},
 	}
+	type test = struct {
+		name string
+		run  func(t *testing.T, setup Setup)
+	}
 	if setup.Lose != nil {
-		tests = append(tests, struct {
-			name string
-			run  func(t *testing.T, setup Setup)
-		}{"DataLossAtEveryStep", testDataLoss})
+		tests = append(tests, test{"DataLossAtEveryStep", testDataLoss})
+	}
+	if setup.Restart != nil {
+		tests = append(tests, test{"SilenceAcrossARestartIsNotDeath", testSilenceAcrossARestart})
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.run(t, setup) })
@@ -626,5 +634,52 @@ func testDataLoss(t *testing.T, setup Setup) {
 			finish()
 			acquire(t, waiter)
 		})
+	}
+}
+
+// testSilenceAcrossARestart: a holder whose renewals could not reach the
+// store while its server restarted is not taken for dead. Its hand-over is
+// freed once it has been silent for the presence TTL on the server now
+// running: at once if it renewed there since, else once that server has
+// been up for the presence TTL.
+func testSilenceAcrossARestart(t *testing.T, setup Setup) {
+	clock := testutil.NewClock()
+	s := newStore(t, setup, 1, clock)
+	holder, waiter := s.Join(t, "worker.1"), s.Join(t, "worker.2")
+	restart := func() time.Time {
+		t.Helper()
+		up := setup.Restart(t, s)
+		testutil.Eventually(t, 30*time.Second, "the store answers again", func() bool {
+			_, _, err := holder.Held(ctx)
+			return err == nil && waiter.Publish(ctx, heartbeat.Presence{State: heartbeat.StateWanting}) == nil
+		})
+		return up
+	}
+
+	// The holder renews on the new server: its later silence counts at once.
+	l := handOver(t, holder, acquire(t, holder))
+	restart()
+	clock.Add(bootAllowance + presenceTTL + time.Second)
+	noSlot(t, waiter, "the holder was silent across the restart")
+	if err := holder.Renew(ctx, l); err != nil {
+		t.Fatal(err)
+	}
+	clock.Add(presenceTTL + time.Second)
+	if err := waiter.Release(ctx, acquire(t, waiter)); err != nil {
+		t.Fatal(err)
+	}
+
+	// The holder never comes back: freed once the server has been up for
+	// the presence TTL.
+	handOver(t, holder, acquire(t, holder))
+	upAt := restart()
+	clock.Add(bootAllowance + presenceTTL + time.Second)
+	noSlot(t, waiter, "the holder was silent across the restart")
+	testutil.Eventually(t, presenceTTL+15*time.Second, "the hand-over is freed", func() bool {
+		_, err := waiter.Acquire(ctx)
+		return err == nil
+	})
+	if up := time.Since(upAt); up < presenceTTL {
+		t.Fatalf("freed %v after the restart, want at least %v", up, presenceTTL)
 	}
 }
