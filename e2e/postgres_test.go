@@ -350,8 +350,10 @@ func tcpConns(pid, port int) int {
 			inodes[strings.TrimSuffix(inode, "]")] = true
 		}
 	}
+	// The kernel writes the table in pieces while sockets come and go, so
+	// one socket can be listed twice in a read: count sockets, not lines.
 	table, _ := os.ReadFile(fmt.Sprintf("/proc/%d/net/tcp", pid))
-	n := 0
+	counted := map[string]bool{}
 	for _, line := range strings.Split(string(table), "\n") {
 		f := strings.Fields(line)
 		// sl local_address rem_address st ... inode (field 9); 01 is ESTABLISHED.
@@ -360,9 +362,9 @@ func tcpConns(pid, port int) int {
 		}
 		if i := strings.LastIndexByte(f[2], ':'); i > 0 {
 			if p, err := strconv.ParseUint(f[2][i+1:], 16, 16); err == nil && int(p) == port {
-				n++
+				counted[f[9]] = true
 			}
 		}
 	}
-	return n
+	return len(counted)
 }
