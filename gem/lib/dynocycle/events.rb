@@ -97,12 +97,21 @@ module Dynocycle
       flush
     end
 
+    # start reports a job's start and returns what finish takes to report
+    # its end: the line's job fields, made once per job.
     def start(jid, klass)
-      queue_job("start", jid, klass)
+      return unless @path
+
+      fields = job_fields(jid, klass)
+      queue_line("start", fields)
+      fields
+    rescue StandardError
+      nil
     end
 
-    def finish(jid, klass)
-      queue_job("end", jid, klass)
+    # finish reports the end of the job start returned fields for.
+    def finish(fields)
+      queue_line("end", fields) if fields
     end
 
     # quiet says no job starts in this process from now on, and from now on
@@ -139,13 +148,17 @@ module Dynocycle
 
     private
 
-    # queue_job is a job's whole path: queue its line, write if due.
-    def queue_job(kind, jid, klass)
-      return unless @path
-
-      own_process
+    # job_fields is a line's end: the job id and class, each one word.
+    def job_fields(jid, klass)
       jid = word(jid) if !jid.is_a?(String) || jid.match?(SPACE)
-      @queue << "#{kind}#{@pid_field}#{jid} #{@class_words[klass] || class_word(klass)}\n"
+      "#{jid} #{@class_words[klass] || class_word(klass)}\n"
+    end
+
+    # queue_line is an event's whole path: queue its line, write if due.
+    # The pid is this process's now: a job may fork.
+    def queue_line(kind, fields)
+      own_process
+      @queue << "#{kind}#{@pid_field}#{fields}"
       write_due
     rescue StandardError
       # Never into the job. Exception (Sidekiq::Shutdown, Interrupt) is left

@@ -28,14 +28,12 @@ module Dynocycle
       end
 
       def call(_job_instance, job, _queue)
-        jid = job["jid"]
         # ActiveJob wraps the app's class; name the app's.
-        klass = job["wrapped"] || job["class"]
-        @events.start(jid, klass)
+        fields = @events.start(job["jid"], job["wrapped"] || job["class"])
         begin
           yield
         ensure
-          @events.finish(jid, klass)
+          @events.finish(fields)
         end
       end
     end
