@@ -477,6 +477,7 @@ func (a *Agent) restart(ctx context.Context, lease heartbeat.Lease, reason strin
 	}
 	next, err := restarter.Restart(ctx, reason)
 	if err != nil && ctx.Err() == nil && errors.Is(err, ErrRestartRefused) && a.Fallback != nil && !a.st.refused {
+		lease = a.takeBack(ctx, lease, log)
 		next, err = a.restartInPlace(ctx, log, reason, err)
 	} else if a.st.refused {
 		a.Metrics.RestartFallback()
@@ -505,6 +506,21 @@ func (a *Agent) restart(ctx context.Context, lease heartbeat.Lease, reason strin
 	a.setState(heartbeat.StateWatching)
 	log.Info("worker restarted in place", "event", "restarted", "restarts", a.st.restarts)
 	return nil
+}
+
+// takeBack undoes the hand-over of a restart the platform refused, so that
+// no new dyno claims the lease (on Fir any new dyno of the type may) and
+// releases it while this worker restarts in place. Failing that the restart
+// in place goes on all the same.
+func (a *Agent) takeBack(ctx context.Context, lease heartbeat.Lease, log *slog.Logger) heartbeat.Lease {
+	l, err := a.Fleet.TakeBack(ctx, lease)
+	if err != nil {
+		a.Metrics.FleetError("take_back")
+		log.Warn("cannot take the hand-over back; restarting in place all the same", "event", "lease_take_back_failed", "err", err)
+		return lease
+	}
+	a.keep(&l)
+	return l
 }
 
 // restartInPlace carries out in place a restart the platform refused for

@@ -186,6 +186,11 @@ func (f *fakeFleet) HandOver(ctx context.Context, l heartbeat.Lease) (heartbeat.
 	return f.Local.HandOver(ctx, l)
 }
 
+func (f *fakeFleet) TakeBack(ctx context.Context, l heartbeat.Lease) (heartbeat.Lease, error) {
+	f.rec.add("take_back")
+	return f.Local.TakeBack(ctx, l)
+}
+
 func (f *fakeFleet) renewCount() int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -963,6 +968,10 @@ func TestARefusedPlatformRestartIsDoneInPlace(t *testing.T) {
 	}
 	if n := h.rec.count("handover"); n != 1 {
 		t.Errorf("%d hand-overs, want only the one before the refused call: %v", n, got)
+	}
+	// Taken back before the restart in place: no new dyno may claim it.
+	if i, j := slices.Index(got, "take_back"), slices.Index(got, "in_place"); i < 0 || i > j {
+		t.Errorf("events %v: the hand-over was not taken back before the restart in place", got)
 	}
 	if h.rec.count("stop") != 0 {
 		t.Errorf("the worker was stopped as if the agent exited: %v", got)

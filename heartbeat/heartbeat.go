@@ -63,6 +63,12 @@ type Fleet interface {
 	// replace this agent's dyno, so the agent that replaces it can claim the
 	// lease; it returns the lease as recorded.
 	HandOver(ctx context.Context, l Lease) (Lease, error)
+	// TakeBack undoes a hand-over the platform refused: the lease is its
+	// holder's alone again, with no hand-over and no successor, so no new
+	// dyno claims it while the holder restarts its worker in place. It
+	// returns the lease as recorded; ErrNotHolder when the caller is not its
+	// holder.
+	TakeBack(ctx context.Context, l Lease) (Lease, error)
 	// Held returns the lease this agent holds, or claims the lease handed
 	// over by the dyno this one replaces.
 	Held(ctx context.Context) (Lease, bool, error)

@@ -214,6 +214,21 @@ func (l *Local) HandOver(_ context.Context, lease Lease) (Lease, error) {
 	return cur.Lease, nil
 }
 
+// TakeBack undoes the holder's hand-over (see Fleet.TakeBack).
+func (l *Local) TakeBack(_ context.Context, lease Lease) (Lease, error) {
+	s := l.store
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cur, ok := s.held[lease.Slot]
+	if !ok || cur.Token != lease.Token || cur.Holder != l.Dyno || cur.HolderBoot != l.boot {
+		return Lease{}, ErrNotHolder
+	}
+	cur.RestartAt, cur.Successor, cur.SuccessorBoot, cur.ClaimedAt = time.Time{}, "", "", time.Time{}
+	cur.successorSeen = time.Time{}
+	cur.holderSeen = l.Now()
+	return cur.Lease, nil
+}
+
 // Release frees the slot if this member holds lease (as holder or successor).
 func (l *Local) Release(_ context.Context, lease Lease) error {
 	s := l.store

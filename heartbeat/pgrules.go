@@ -258,7 +258,8 @@ const (
 // row as it left it. cur is the slot's live row, nil when there is none (it
 // expired, or the fleet's data was lost); mine is the caller's copy. A row
 // restored by the old holder without its successor (the holder did not know
-// of it yet) gets the successor recorded again when the successor renews.
+// of it yet) gets the successor recorded again when the successor renews,
+// unless the holder took its hand-over back meanwhile.
 func decideRenew(cur *leaseRow, mine Lease, dyno, boot string) (action, as string) {
 	as = renewBySucc
 	if mine.Holder == dyno && mine.HolderBoot == boot {
@@ -274,7 +275,7 @@ func decideRenew(cur *leaseRow, mine Lease, dyno, boot string) (action, as strin
 		return renewExtend, renewByHolder
 	case cur.Successor != "" && cur.Successor == dyno && cur.SuccessorBoot == boot:
 		return renewExtend, renewBySucc
-	case cur.Successor == "" && mine.Successor == dyno && mine.SuccessorBoot == boot &&
+	case cur.Successor == "" && !cur.RestartAt.IsZero() && mine.Successor == dyno && mine.SuccessorBoot == boot &&
 		cur.Holder == mine.Holder && cur.HolderBoot == mine.HolderBoot:
 		return renewRecord, renewBySucc
 	}

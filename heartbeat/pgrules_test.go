@@ -187,6 +187,8 @@ func TestDecideRenew(t *testing.T) {
 	withSucc := holder
 	withSucc.Successor, withSucc.SuccessorBoot = "worker.1", "s"
 	restoredByHolder := leaseRow{Lease: holder}
+	restoredByHolder.RestartAt = t0.Add(-time.Second)
+	takenBack := leaseRow{Lease: holder}
 	for _, tc := range []struct {
 		name       string
 		cur        *leaseRow
@@ -199,6 +201,7 @@ func TestDecideRenew(t *testing.T) {
 		{"holder extends", &leaseRow{Lease: holder}, holder, "worker.1", "h", renewExtend, renewByHolder},
 		{"successor extends", &leaseRow{Lease: withSucc}, withSucc, "worker.1", "s", renewExtend, renewBySucc},
 		{"successor recorded again on the holder's restore", &restoredByHolder, withSucc, "worker.1", "s", renewRecord, renewBySucc},
+		{"successor not recorded again on a lease taken back", &takenBack, withSucc, "worker.1", "s", renewNotHeld, ""},
 		{"another token", &leaseRow{Lease: row(0, "worker.2", "x", 6).Lease}, holder, "worker.1", "h", renewNotHeld, ""},
 		{"another successor", &leaseRow{Lease: withSucc}, func() Lease { l := withSucc; l.SuccessorBoot = "t"; return l }(), "worker.1", "t", renewNotHeld, ""},
 	} {

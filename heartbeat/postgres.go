@@ -549,19 +549,26 @@ const (
 // slot again keeps the count honest. ErrNotHolder when another holder has
 // the slot now.
 func (p *Postgres) Renew(ctx context.Context, lease Lease) error {
-	_, err := p.renew(ctx, lease, false)
+	_, err := p.renew(ctx, lease, stepRenew)
 	return err
 }
 
-// renew is Renew; with handOver it also records the hand-over (HandOver).
-func (p *Postgres) renew(ctx context.Context, lease Lease, handOver bool) (Lease, error) {
+// What renew does besides renewing.
+type renewStep int
+
+const (
+	stepRenew    renewStep = iota
+	stepHandOver           // record the hand-over (HandOver)
+	stepTakeBack           // undo it (TakeBack)
+)
+
+// renew is Renew, HandOver and TakeBack: the last two are the holder's.
+func (p *Postgres) renew(ctx context.Context, lease Lease, step renewStep) (Lease, error) {
+	handOver := step != stepRenew // only the holder: it may restore, never record a successor
 	if !p.own(lease) || (handOver && !p.isHolder(lease)) {
 		return Lease{}, ErrNotHolder
 	}
-	what := "renew lease"
-	if handOver {
-		what = "hand over lease"
-	}
+	what := map[renewStep]string{stepRenew: "renew lease", stepHandOver: "hand over lease", stepTakeBack: "take back lease"}[step]
 	var got leaseRow
 	var action string
 	err := p.call(ctx, what, func(ctx context.Context, c *pgx.Conn) error {
@@ -624,8 +631,11 @@ func (p *Postgres) renew(ctx context.Context, lease Lease, handOver bool) (Lease
 			if got, err = scanLease(row); err != nil {
 				return err
 			}
-			if handOver && got.RestartAt.IsZero() {
+			switch {
+			case step == stepHandOver && got.RestartAt.IsZero():
 				got, err = scanLease(tx.QueryRow(ctx, pgHandOver, p.app, lease.Slot, lease.Token, f.Now))
+			case step == stepTakeBack:
+				got, err = scanLease(tx.QueryRow(ctx, pgTakeBack, p.app, lease.Slot, lease.Token, f.Now))
 			}
 			return err
 		})
@@ -654,7 +664,19 @@ const pgHandOver = `UPDATE dynocycle.leases SET restart_at = coalesce(restart_at
 // returns the lease as recorded, restoring it first if it was lost;
 // ErrNotHolder when the caller is not its holder.
 func (p *Postgres) HandOver(ctx context.Context, lease Lease) (Lease, error) {
-	return p.renew(ctx, lease, true)
+	return p.renew(ctx, lease, stepHandOver)
+}
+
+// pgTakeBack clears the hand-over and the successor, whose renewals then
+// fail (see decideRenew).
+const pgTakeBack = `UPDATE dynocycle.leases SET restart_at = NULL, successor = '', successor_boot = '',
+    claimed_at = NULL, successor_seen = NULL, holder_seen = $4::timestamptz, server_started = pg_postmaster_start_time()
+  WHERE app = $1 AND slot = $2 AND token = $3 RETURNING ` + leaseColumns
+
+// TakeBack undoes this agent's hand-over of lease (see Fleet.TakeBack),
+// restoring the lease first if it was lost.
+func (p *Postgres) TakeBack(ctx context.Context, lease Lease) (Lease, error) {
+	return p.renew(ctx, lease, stepTakeBack)
 }
 
 const pgRelease = `WITH gone AS (

@@ -549,7 +549,8 @@ func (r *Redis) Acquire(ctx context.Context) (Lease, error) {
 // holding it again keeps the count honest. The token counter is raised past
 // the restored token so fencing tokens keep growing, and the epoch starts, so
 // an empty Redis settles. A successor whose record was restored by the
-// holder without it (the holder did not know it yet) is recorded again.
+// holder without it (the holder did not know it yet) is recorded again, as
+// long as the lease is still handed over (not taken back).
 //
 // KEYS: lease slot, token, epoch. ARGV: token, dyno, boot, ttl ms, the
 // caller's lease JSON, now ms, app keys ttl ms.
@@ -567,7 +568,7 @@ if v then
     l.hseen = now
   elseif l.sdyno == dyno and l.sboot == boot then
     l.sseen = now
-  elseif not l.sdyno and mine.sdyno == dyno and mine.sboot == boot and l.dyno == mine.dyno and l.boot == mine.boot then
+  elseif not l.sdyno and l.rat and mine.sdyno == dyno and mine.sboot == boot and l.dyno == mine.dyno and l.boot == mine.boot then
     l.sdyno, l.sboot, l.sat, l.sseen = dyno, boot, mine.sat or now, now
   else
     return {0}
@@ -679,6 +680,61 @@ func (r *Redis) HandOver(ctx context.Context, lease Lease) (Lease, error) {
 	}
 	l.ExpiresAt = now.Add(r.leaseTTL)
 	return l, nil // the agent logs the hand-over
+}
+
+// takeBackScript undoes the holder's hand-over: no hand-over time, no
+// successor (whose renewals then fail: see renewScript). A lease Redis lost
+// is restored from the holder's copy first.
+//
+// KEYS: lease slot, token, epoch. ARGV: token, dyno, boot, ttl ms, the
+// holder's lease JSON, now ms, app keys ttl ms.
+// Returns {1, value} or {0} when the caller does not hold the lease.
+var takeBackScript = redis.NewScript(leaseLua + `
+local tok, dyno, boot, now = tonumber(ARGV[1]), ARGV[2], ARGV[3], tonumber(ARGV[6])
+local v = redis.call('GET', KEYS[1])
+local l
+if v then
+  l = decode(v)
+  if not l or l.tok ~= tok or l.dyno ~= dyno or l.boot ~= boot then return {0} end
+else
+  l = decode(ARGV[5])
+  if not l or l.dyno ~= dyno or l.boot ~= boot then return {0} end
+  raise(KEYS[2], l.tok)
+  redis.call('SET', KEYS[3], ARGV[6], 'NX', 'PX', ARGV[7])
+end
+l.rat, l.sdyno, l.sboot, l.sat, l.sseen = nil, nil, nil, nil, nil
+l.hseen = now
+v = cjson.encode(stamp(l))
+redis.call('SET', KEYS[1], v, 'PX', ARGV[4])
+return {1, v}
+`)
+
+// TakeBack undoes this agent's hand-over of lease (see Fleet.TakeBack).
+func (r *Redis) TakeBack(ctx context.Context, lease Lease) (Lease, error) {
+	key, err := r.leaseKey(lease)
+	if err != nil {
+		return Lease{}, err
+	}
+	now := r.now()
+	rec := lease
+	rec.RestartAt, rec.Successor, rec.SuccessorBoot, rec.ClaimedAt = time.Time{}, "", "", time.Time{}
+	res, err := takeBackScript.Run(ctx, r.client, []string{key, r.keys.token, r.keys.epoch},
+		lease.Token, r.dyno, r.boot, r.leaseTTL.Milliseconds(), r.leaseRecord(rec, now), now.UnixMilli(),
+		appKeysTTL.Milliseconds(),
+	).Slice()
+	if err != nil {
+		return Lease{}, fmt.Errorf("take back lease: %w", err)
+	}
+	if toInt(res, 0) == 0 {
+		return Lease{}, ErrNotHolder
+	}
+	v, _ := res[1].(string)
+	l, ok := parseLeaseValue(lease.Slot, v)
+	if !ok {
+		return Lease{}, fmt.Errorf("take back lease: bad lease value in slot %d", lease.Slot)
+	}
+	l.ExpiresAt = now.Add(r.leaseTTL)
+	return l, nil
 }
 
 // releaseScript deletes the lease only if the caller holds it (as holder or

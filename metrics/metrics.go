@@ -108,7 +108,8 @@ func (m *Metrics) Drain(d time.Duration) { m.drain.Observe(d.Seconds()) }
 // LeaseWait observes the wait for a lease.
 func (m *Metrics) LeaseWait(d time.Duration) { m.leaseWait.Observe(d.Seconds()) }
 
-// FleetError counts a failed fleet operation (publish, acquire, renew, release).
+// FleetError counts a failed fleet operation (publish, acquire, renew,
+// release, handover, take_back).
 func (m *Metrics) FleetError(op string) { m.fleetErrs.WithLabelValues(op).Inc() }
 
 // JobGrowth replaces the per-class growth series with the latest totals.

@@ -64,6 +64,7 @@ func Run(t *testing.T, setup Setup) {
 		{"HandOverFir", testHandOverFir},
 		{"OneClaimAmongRacingDynos", testOneClaim},
 		{"UnclaimedHandOverFreedAfterBootAllowance", testBootAllowance},
+		{"TakenBackHandOverIsTheHoldersAlone", testTakeBack},
 		{"GrantOrderIsWantOrder", testFairQueue},
 		{"WaiterThatLeavesOrDiesLeavesTheQueue", testQueueLeavers},
 	}
@@ -681,5 +682,63 @@ func testSilenceAcrossARestart(t *testing.T, setup Setup) {
 	})
 	if up := time.Since(upAt); up < presenceTTL {
 		t.Fatalf("freed %v after the restart, want at least %v", up, presenceTTL)
+	}
+}
+
+// testTakeBack: a hand-over the platform refused is taken back, and the
+// holder restarts in place. On Fir any new dyno of the type may claim a
+// handed-over lease: after the take-back none does, and a successor that
+// claimed before it loses the lease instead of releasing it under the
+// holder's restart.
+func testTakeBack(t *testing.T, setup Setup) {
+	clock := testutil.NewClock()
+	s := newStore(t, setup, 1, clock)
+	holder, waiter := s.Join(t, "worker-aaaaaaaaa-00000"), s.Join(t, "worker-aaaaaaaaa-11111")
+
+	l := handOver(t, holder, acquire(t, holder))
+	back, err := holder.TakeBack(ctx, l)
+	if err != nil {
+		t.Fatalf("take back: %v", err)
+	}
+	if !back.RestartAt.IsZero() || back.Successor != "" || back.Token != l.Token {
+		t.Fatalf("taken back %+v from %+v", back, l)
+	}
+	notHolder(t, "another dyno takes it back", func() error { _, err := waiter.TakeBack(ctx, back); return err }())
+	clock.Add(time.Second)
+	if got, ok := held(t, s.Join(t, "worker-bbbbbbbbb-22222")); ok {
+		t.Fatalf("a new dyno claimed a lease taken back: %+v", got)
+	}
+	// Not a hand-over any more: kept for as long as its holder renews.
+	for range 2 * bootAllowance / presenceTTL {
+		clock.Add(presenceTTL / 2)
+		if err := holder.Renew(ctx, back); err != nil {
+			t.Fatal(err)
+		}
+		noSlot(t, waiter, "the holder restarts in place")
+	}
+	if err := holder.Release(ctx, back); err != nil {
+		t.Fatalf("release: %v", err)
+	}
+
+	// A successor claimed before the take-back loses the lease.
+	publish(t, waiter, heartbeat.StateWatching) // out of the queue
+	l = handOver(t, holder, acquire(t, holder))
+	clock.Add(time.Second)
+	successor := s.Join(t, "worker-ccccccccc-33333")
+	claimed, ok := held(t, successor)
+	if !ok || claimed.Token != l.Token {
+		t.Fatalf("successor: %+v, %v", claimed, ok)
+	}
+	if back, err = holder.TakeBack(ctx, l); err != nil {
+		t.Fatalf("take back: %v", err)
+	}
+	notHolder(t, "the dropped successor's renewal", successor.Renew(ctx, claimed))
+	notHolder(t, "the dropped successor's release", successor.Release(ctx, claimed))
+	if got, ok := held(t, holder); !ok || got.Successor != "" || !got.RestartAt.IsZero() {
+		t.Fatalf("holder sees %+v, %v", got, ok)
+	}
+	noSlot(t, waiter, "the holder restarts in place")
+	if err := holder.Release(ctx, back); err != nil {
+		t.Fatalf("release: %v", err)
 	}
 }
