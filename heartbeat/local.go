@@ -199,11 +199,10 @@ func (s *localStore) seen(cur *localLease, m *Local, now time.Time) {
 // HandOver records that the holder is about to ask the platform to replace
 // its dyno (see Redis.HandOver).
 func (l *Local) HandOver(_ context.Context, lease Lease) (Lease, error) {
-	s := l.store
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	cur, ok := s.held[lease.Slot]
-	if !ok || cur.Token != lease.Token || cur.Holder != l.Dyno || cur.HolderBoot != l.boot {
+	l.store.mu.Lock()
+	defer l.store.mu.Unlock()
+	cur, ok := l.asHolder(lease)
+	if !ok {
 		return Lease{}, ErrNotHolder
 	}
 	now := l.Now()
@@ -214,13 +213,22 @@ func (l *Local) HandOver(_ context.Context, lease Lease) (Lease, error) {
 	return cur.Lease, nil
 }
 
+// asHolder returns lease as stored if this member is its holder; the
+// store's lock is held.
+func (l *Local) asHolder(lease Lease) (*localLease, bool) {
+	cur, ok := l.store.held[lease.Slot]
+	if !ok || cur.Token != lease.Token || cur.Holder != l.Dyno || cur.HolderBoot != l.boot {
+		return nil, false
+	}
+	return cur, true
+}
+
 // TakeBack undoes the holder's hand-over (see Fleet.TakeBack).
 func (l *Local) TakeBack(_ context.Context, lease Lease) (Lease, error) {
-	s := l.store
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	cur, ok := s.held[lease.Slot]
-	if !ok || cur.Token != lease.Token || cur.Holder != l.Dyno || cur.HolderBoot != l.boot {
+	l.store.mu.Lock()
+	defer l.store.mu.Unlock()
+	cur, ok := l.asHolder(lease)
+	if !ok {
 		return Lease{}, ErrNotHolder
 	}
 	cur.RestartAt, cur.Successor, cur.SuccessorBoot, cur.ClaimedAt = time.Time{}, "", "", time.Time{}

@@ -621,14 +621,16 @@ func (r *Redis) renew(ctx context.Context, lease Lease) (Lease, error) {
 	return l, nil
 }
 
-// handOverScript records on the holder's lease that the holder is about to
-// ask the platform for a restart, restoring the lease first if Redis lost
-// it. Only the holder hands over, and only the first hand-over time counts.
+// holderScript is the holder's two marks on its lease, restoring the lease
+// first if Redis lost it. "over" records that the holder is about to ask the
+// platform for a restart (only the first hand-over time counts); "back"
+// undoes that after the platform refused: no hand-over time, no successor
+// (whose renewals then fail: see renewScript). Only the holder may do either.
 //
 // KEYS: lease slot, token, epoch. ARGV: token, dyno, boot, ttl ms, the
-// holder's lease JSON, now ms, app keys ttl ms.
+// holder's lease JSON, now ms, app keys ttl ms, "over" or "back".
 // Returns {1, value} or {0} when the caller does not hold the lease.
-var handOverScript = redis.NewScript(leaseLua + `
+var holderScript = redis.NewScript(leaseLua + `
 local tok, dyno, boot, now = tonumber(ARGV[1]), ARGV[2], ARGV[3], tonumber(ARGV[6])
 local v = redis.call('GET', KEYS[1])
 local l
@@ -641,7 +643,11 @@ else
   raise(KEYS[2], l.tok)
   redis.call('SET', KEYS[3], ARGV[6], 'NX', 'PX', ARGV[7])
 end
-if not l.rat then l.rat = now end
+if ARGV[8] == 'over' then
+  if not l.rat then l.rat = now end
+else
+  l.rat, l.sdyno, l.sboot, l.sat, l.sseen = nil, nil, nil, nil, nil
+end
 l.hseen = now
 v = cjson.encode(stamp(l))
 redis.call('SET', KEYS[1], v, 'PX', ARGV[4])
@@ -654,76 +660,35 @@ return {1, v}
 // returns the lease as recorded; ErrNotHolder when the caller is not its
 // holder.
 func (r *Redis) HandOver(ctx context.Context, lease Lease) (Lease, error) {
-	key, err := r.leaseKey(lease)
-	if err != nil {
-		return Lease{}, err
-	}
-	now := r.now()
-	rec := lease
-	if rec.RestartAt.IsZero() {
-		rec.RestartAt = now
-	}
-	res, err := handOverScript.Run(ctx, r.client, []string{key, r.keys.token, r.keys.epoch},
-		lease.Token, r.dyno, r.boot, r.leaseTTL.Milliseconds(), r.leaseRecord(rec, now), now.UnixMilli(),
-		appKeysTTL.Milliseconds(),
-	).Slice()
-	if err != nil {
-		return Lease{}, fmt.Errorf("hand over lease: %w", err)
-	}
-	if toInt(res, 0) == 0 {
-		return Lease{}, ErrNotHolder
-	}
-	v, _ := res[1].(string)
-	l, ok := parseLeaseValue(lease.Slot, v)
-	if !ok {
-		return Lease{}, fmt.Errorf("hand over lease: bad lease value in slot %d", lease.Slot)
-	}
-	l.ExpiresAt = now.Add(r.leaseTTL)
-	return l, nil // the agent logs the hand-over
+	return r.markAsHolder(ctx, lease, "over") // the agent logs the hand-over
 }
-
-// takeBackScript undoes the holder's hand-over: no hand-over time, no
-// successor (whose renewals then fail: see renewScript). A lease Redis lost
-// is restored from the holder's copy first.
-//
-// KEYS: lease slot, token, epoch. ARGV: token, dyno, boot, ttl ms, the
-// holder's lease JSON, now ms, app keys ttl ms.
-// Returns {1, value} or {0} when the caller does not hold the lease.
-var takeBackScript = redis.NewScript(leaseLua + `
-local tok, dyno, boot, now = tonumber(ARGV[1]), ARGV[2], ARGV[3], tonumber(ARGV[6])
-local v = redis.call('GET', KEYS[1])
-local l
-if v then
-  l = decode(v)
-  if not l or l.tok ~= tok or l.dyno ~= dyno or l.boot ~= boot then return {0} end
-else
-  l = decode(ARGV[5])
-  if not l or l.dyno ~= dyno or l.boot ~= boot then return {0} end
-  raise(KEYS[2], l.tok)
-  redis.call('SET', KEYS[3], ARGV[6], 'NX', 'PX', ARGV[7])
-end
-l.rat, l.sdyno, l.sboot, l.sat, l.sseen = nil, nil, nil, nil, nil
-l.hseen = now
-v = cjson.encode(stamp(l))
-redis.call('SET', KEYS[1], v, 'PX', ARGV[4])
-return {1, v}
-`)
 
 // TakeBack undoes this agent's hand-over of lease (see Fleet.TakeBack).
 func (r *Redis) TakeBack(ctx context.Context, lease Lease) (Lease, error) {
+	return r.markAsHolder(ctx, lease, "back")
+}
+
+// markAsHolder runs holderScript's mark ("over" or "back") on lease.
+func (r *Redis) markAsHolder(ctx context.Context, lease Lease, mark string) (Lease, error) {
+	what := map[string]string{"over": "hand over lease", "back": "take back lease"}[mark]
 	key, err := r.leaseKey(lease)
 	if err != nil {
 		return Lease{}, err
 	}
 	now := r.now()
-	rec := lease
-	rec.RestartAt, rec.Successor, rec.SuccessorBoot, rec.ClaimedAt = time.Time{}, "", "", time.Time{}
-	res, err := takeBackScript.Run(ctx, r.client, []string{key, r.keys.token, r.keys.epoch},
+	rec := lease // the copy a restore writes back
+	if mark == "over" && rec.RestartAt.IsZero() {
+		rec.RestartAt = now
+	}
+	if mark == "back" {
+		rec.RestartAt, rec.Successor, rec.SuccessorBoot, rec.ClaimedAt = time.Time{}, "", "", time.Time{}
+	}
+	res, err := holderScript.Run(ctx, r.client, []string{key, r.keys.token, r.keys.epoch},
 		lease.Token, r.dyno, r.boot, r.leaseTTL.Milliseconds(), r.leaseRecord(rec, now), now.UnixMilli(),
-		appKeysTTL.Milliseconds(),
+		appKeysTTL.Milliseconds(), mark,
 	).Slice()
 	if err != nil {
-		return Lease{}, fmt.Errorf("take back lease: %w", err)
+		return Lease{}, fmt.Errorf("%s: %w", what, err)
 	}
 	if toInt(res, 0) == 0 {
 		return Lease{}, ErrNotHolder
@@ -731,7 +696,7 @@ func (r *Redis) TakeBack(ctx context.Context, lease Lease) (Lease, error) {
 	v, _ := res[1].(string)
 	l, ok := parseLeaseValue(lease.Slot, v)
 	if !ok {
-		return Lease{}, fmt.Errorf("take back lease: bad lease value in slot %d", lease.Slot)
+		return Lease{}, fmt.Errorf("%s: bad lease value in slot %d", what, lease.Slot)
 	}
 	l.ExpiresAt = now.Add(r.leaseTTL)
 	return l, nil
