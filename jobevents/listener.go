@@ -50,6 +50,12 @@ type Proc struct {
 	LastEvent time.Time // when its last line arrived
 }
 
+// Settled reports a process that said quiet at or after quietAt (the quiet
+// signal), QuietSettle ago or more: from then on no job starts in it.
+func (p Proc) Settled(quietAt, now time.Time) bool {
+	return !p.QuietAt.IsZero() && !p.QuietAt.Before(quietAt) && !now.Before(p.QuietAt.Add(QuietSettle))
+}
+
 type proc struct {
 	conn      uint64
 	jobs      map[string]string // jid -> class

@@ -38,6 +38,10 @@ const Env = "DYNOCYCLE_EVENTS"
 // Two timeslices.
 const QuietSettle = 200 * time.Millisecond
 
+// DrainTick is how often a drain by events looks at them between their
+// changes: the settle period ends without an event.
+const DrainTick = 50 * time.Millisecond
+
 // MaxLine bounds a line, newline included: a longer one breaks the
 // connection (the writer is not speaking the protocol).
 const MaxLine = 1024

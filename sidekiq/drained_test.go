@@ -12,7 +12,7 @@ func TestDrainedCombinesEventsAndHeartbeats(t *testing.T) {
 	t0 := time.Unix(1000, 0)
 	quietAt := t0
 	quietLine := t0.Add(10 * time.Millisecond)
-	settled := quietLine.Add(eventsSettle)
+	settled := quietLine.Add(jobevents.QuietSettle)
 	idle := jobevents.Proc{QuietAt: quietLine, LastEvent: quietLine}
 	beat := func(at time.Time, busy int) *drainState {
 		return &drainState{read: true, last: Process{Beat: at, Busy: busy, Quiet: true}}

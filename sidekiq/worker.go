@@ -43,13 +43,6 @@ const (
 	// drainedBeats is how many consecutive distinct beats must show a quiet,
 	// idle process: one beat can race with a job fetched just before quiet.
 	drainedBeats = 2
-	// eventsSettle: Sidekiq fires :quiet once every processor has stopped
-	// fetching, but one that had just fetched a job has yet to enter the
-	// middleware and report its start.
-	eventsSettle = jobevents.QuietSettle
-	// eventsTick is how often a drain with events looks at them between
-	// their changes (the settle period ends without an event).
-	eventsTick = 50 * time.Millisecond
 )
 
 // EventSource is what the worker reports itself about its jobs
@@ -365,17 +358,16 @@ func (s *drainState) observe(p Process) bool {
 }
 
 // eventsDrained is the drain by events: the process reports its jobs
-// (live: nothing lost), said it quiet after quietAt at least eventsSettle
-// ago, and has no job in flight. It returns when that became true, for the
+// (live: nothing lost), said it quiet after quietAt at least
+// jobevents.QuietSettle ago, and has no job in flight. It returns when that became true, for the
 // caller to read the heartbeats once more after it.
 func eventsDrained(ev jobevents.Proc, live bool, quietAt, now time.Time) (time.Time, bool) {
-	if !live || ev.InFlight > 0 || ev.QuietAt.IsZero() || ev.QuietAt.Before(quietAt) {
+	// Sidekiq fires :quiet once every processor has stopped fetching, but
+	// one that had just fetched a job has yet to report its start.
+	if !live || ev.InFlight > 0 || !ev.Settled(quietAt, now) {
 		return time.Time{}, false
 	}
-	settled := ev.QuietAt.Add(eventsSettle)
-	if now.Before(settled) {
-		return time.Time{}, false
-	}
+	settled := ev.QuietAt.Add(jobevents.QuietSettle)
 	if ev.LastEvent.After(settled) {
 		return ev.LastEvent, true
 	}
@@ -437,7 +429,7 @@ func (w *Worker) Drain(ctx context.Context) error {
 	var tick <-chan time.Time
 	var changed <-chan struct{}
 	if w.Events != nil {
-		t := time.NewTicker(eventsTick)
+		t := time.NewTicker(jobevents.DrainTick)
 		defer t.Stop()
 		tick, changed = t.C, w.Events.Changed()
 	}

@@ -33,9 +33,6 @@ var (
 	_ agent.JobWatcher = (*jobevents.Listener)(nil)
 )
 
-// eventsTick is how often a drain with events looks at them between changes.
-const eventsTick = 50 * time.Millisecond
-
 // Signals quiets a worker with QUIET_SIGNAL. Without events a signals worker
 // cannot say when its last job ended, so draining waits out GRACE_TIME
 // unless the worker exits first; with events (Events set, and the worker
@@ -80,7 +77,7 @@ func (s *Signals) Drain(ctx context.Context) error {
 	var tick <-chan time.Time
 	if s.Events != nil {
 		changed = s.Events.Changed()
-		t := time.NewTicker(eventsTick)
+		t := time.NewTicker(jobevents.DrainTick)
 		defer t.Stop()
 		tick = t.C
 	}
@@ -126,9 +123,7 @@ func EventsDrained(live []jobevents.Proc, lostAlive bool, quietAt, now time.Time
 		if p.InFlight > 0 {
 			return false
 		}
-		if !p.QuietAt.IsZero() && !p.QuietAt.Before(quietAt) && !now.Before(p.QuietAt.Add(jobevents.QuietSettle)) {
-			quiet = true
-		}
+		quiet = quiet || p.Settled(quietAt, now)
 	}
 	return quiet
 }
