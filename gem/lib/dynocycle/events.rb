@@ -3,32 +3,6 @@
 require "socket"
 
 module Dynocycle
-  # Events reports job starts and ends to the dynocycle agent that runs this
-  # worker, one line per event on the unix socket named by DYNOCYCLE_EVENTS
-  # (the protocol is in the README). Outside dynocycle the variable is unset
-  # and every call returns at once.
-  #
-  # Nothing here may slow or fail a job: writes never block (a full socket
-  # drops the connection, and the agent falls back to Sidekiq's heartbeats
-  # until the next hello), every error is swallowed, and a dead agent is
-  # retried at most once per RETRY_AFTER seconds.
-  #
-  # What it costs a job, measured with the real Sidekiq and 10 threads
-  # (bench/sidekiq/pair.sh), shaped this code:
-  # - A job's thread queues its line (Thread::Queue takes no Ruby lock) and
-  #   writes what is queued only when FLUSH_EVERY has passed since the last
-  #   write: one write for a burst of jobs. A write per event cost more than
-  #   all the rest of a job's events.
-  # - No Mutex#lock on a job's path: taken on every job, CRuby handed its
-  #   lock between Sidekiq's threads about twice per job (8% of Sidekiq's
-  #   throughput on trivial jobs). The write takes the lock with try_lock;
-  #   a thread that finds it taken leaves its line to the writer.
-  # - No writer thread: busy job threads keep a background thread from
-  #   CRuby's lock for up to 100 ms at a time, and the queue then grew into
-  #   Ruby's old generation. A small thread only writes what a last job left
-  #   queued when nothing followed it (every LINGER).
-  # Once the process is quiet every line is written at once: then the agent
-  # counts a drained worker the moment its last job ends.
   # ForkCount counts the forks that made this process, through
   # Process._fork, which Kernel#fork, Process.fork and IO.popen("-") call
   # (Ruby 3.1+). ActiveSupport hooks forks the same way. Installed only
@@ -62,6 +36,33 @@ module Dynocycle
     end
   end
 
+
+  # Events reports job starts and ends to the dynocycle agent that runs this
+  # worker, one line per event on the unix socket named by DYNOCYCLE_EVENTS
+  # (the protocol is in the README). Outside dynocycle the variable is unset
+  # and every call returns at once.
+  #
+  # Nothing here may slow or fail a job: writes never block (a full socket
+  # drops the connection, and the agent falls back to Sidekiq's heartbeats
+  # until the next hello), every error is swallowed, and a dead agent is
+  # retried at most once per RETRY_AFTER seconds.
+  #
+  # What it costs a job, measured with the real Sidekiq and 10 threads
+  # (bench/sidekiq/pair.sh), shaped this code:
+  # - A job's thread queues its line (Thread::Queue takes no Ruby lock) and
+  #   writes what is queued only when FLUSH_EVERY has passed since the last
+  #   write: one write for a burst of jobs. A write per event cost more than
+  #   all the rest of a job's events.
+  # - No Mutex#lock on a job's path: taken on every job, CRuby handed its
+  #   lock between Sidekiq's threads about twice per job (8% of Sidekiq's
+  #   throughput on trivial jobs). The write takes the lock with try_lock;
+  #   a thread that finds it taken leaves its line to the writer.
+  # - No writer thread: busy job threads keep a background thread from
+  #   CRuby's lock for up to 100 ms at a time, and the queue then grew into
+  #   Ruby's old generation. A small thread only writes what a last job left
+  #   queued when nothing followed it (every LINGER).
+  # Once the process is quiet every line is written at once: then the agent
+  # counts a drained worker the moment its last job ends.
   class Events
     ENV_VAR = "DYNOCYCLE_EVENTS"
     RETRY_AFTER = 1.0
