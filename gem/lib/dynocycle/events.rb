@@ -36,7 +36,6 @@ module Dynocycle
     end
   end
 
-
   # Events reports job starts and ends to the dynocycle agent that runs this
   # worker, one line per event on the unix socket named by DYNOCYCLE_EVENTS
   # (the protocol is in the README). Outside dynocycle the variable is unset
