@@ -191,6 +191,23 @@ func (l *Listener) Procs() (live []Proc, lost []int) {
 	return live, lost
 }
 
+// forgetLost makes room among the lost pids: those whose process is gone
+// first, else any one (a worker with thousands of live processes that lost
+// their events is beyond what a drain by events can judge). l.mu is held.
+func (l *Listener) forgetLost() {
+	for pid := range l.lost {
+		if !processExists(pid) {
+			delete(l.lost, pid)
+		}
+	}
+	for pid := range l.lost {
+		if len(l.lost) < maxLost {
+			return
+		}
+		delete(l.lost, pid)
+	}
+}
+
 // processExists: signal 0 reaches it (EPERM: it exists, as another user's).
 func processExists(pid int) bool {
 	err := syscall.Kill(pid, 0)
@@ -403,10 +420,7 @@ func (l *Listener) apply(ln line) bool {
 		for pid, p := range l.procs {
 			if p.conn == ln.conn {
 				if len(l.lost) >= maxLost {
-					for old := range l.lost {
-						delete(l.lost, old)
-						break
-					}
+					l.forgetLost()
 				}
 				l.lost[pid] = true
 				delete(l.procs, pid)
