@@ -136,11 +136,11 @@ func (m *Meter) Sample(context.Context) (uint64, error) {
 }
 
 func (m *Meter) procMemory(pid int) (uint64, error) {
-	proc, err := m.fs.Proc(pid)
-	if err != nil {
-		return 0, fmt.Errorf("read process %d: %w", pid, err)
-	}
 	if m.Source == PSS {
+		proc, err := m.fs.Proc(pid)
+		if err != nil {
+			return 0, fmt.Errorf("read process %d: %w", pid, err)
+		}
 		r, err := proc.ProcSMapsRollup()
 		if err != nil {
 			return 0, fmt.Errorf("read smaps_rollup of %d: %w", pid, err)

@@ -4,6 +4,7 @@ package sidekiq
 // Sidekiq 6.4.1 (bench/events/run.sh runs them side by side):
 //
 //	go test -run '^$' -bench 'IdleDrain|JobEndToSample' -benchtime 3x ./sidekiq/
+//	go test -run '^$' -bench JobEndToSampleUnderLoad -benchtime 2000x ./sidekiq/
 
 import (
 	"context"
@@ -112,5 +113,75 @@ func BenchmarkJobEndToSample(b *testing.B) {
 	b.ReportMetric(lat[len(lat)/2], "p50_ms")
 	b.ReportMetric(lat[min(len(lat)-1, len(lat)*99/100)], "p99_ms")
 	b.ReportMetric(lat[len(lat)-1], "max_ms")
+	b.ReportMetric(0, "ns/op")
+}
+
+// BenchmarkJobEndToSampleUnderLoad is BenchmarkJobEndToSample with ten
+// threads busy: b.N jobs of 5 ms each queued at once, so jobs end about a
+// millisecond apart and the gem's batching, the agent's read pace and the
+// sample gap all come into play. A sample is taken on each JobEnded; each
+// job's latency is from its end to the first sample after it.
+func BenchmarkJobEndToSampleUnderLoad(b *testing.B) {
+	srv := testredis.Start(b)
+	c := newClient(b, srv)
+	ev := startEvents(b)
+	sk := startSidekiqApp(b, srv, testHost, eventsApp, []string{jobevents.Env + "=" + ev.Path()}, "-c", "10", "-t", "5")
+	w := &Worker{Reader: &Reader{Client: c}, Hostname: testHost, PIDs: sk.pids, Events: ev,
+		Logger: slog.New(slog.DiscardHandler)}
+	meter, err := memory.New("tree", "/proc", "/sys/fs/cgroup", sk.pid)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	runCtx, stopRun := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- w.Run(runCtx) }()
+	defer func() { stopRun(); <-done }()
+	testutil.Until(ctx, b, "sidekiq up", func() bool { return w.eventsHealthy() })
+
+	sampled := make(chan []float64, 1)
+	go func() {
+		var at []float64
+		for {
+			select {
+			case <-w.JobEnded():
+				if _, err := meter.Sample(ctx); err == nil {
+					at = append(at, float64(time.Now().UnixNano())/1e9)
+				}
+			case <-runCtx.Done():
+				sampled <- at
+				return
+			}
+		}
+	}()
+	for i := range b.N {
+		push(b, c, "BloatJob", i, 0, 0.005)
+	}
+	testutil.Until(ctx, b, "all jobs done", func() bool {
+		return c.SCard(ctx, "dynocycle:test:done").Val() == int64(b.N)
+	})
+	// The last end's sample is taken within the goal, or counted missing.
+	time.Sleep(100 * time.Millisecond)
+	stopRun()
+	at := <-sampled
+	lat := make([]float64, 0, b.N)
+	for _, line := range c.LRange(ctx, "dynocycle:test:spans", 0, -1).Val() {
+		span := strings.Fields(line)
+		end, err := strconv.ParseFloat(span[3], 64)
+		if err != nil {
+			b.Fatal(err)
+		}
+		i, _ := slices.BinarySearch(at, end)
+		if i == len(at) {
+			b.Fatalf("no sample after the job that ended at %.6f", end)
+		}
+		lat = append(lat, (at[i]-end)*1000)
+	}
+	slices.Sort(lat)
+	b.ReportMetric(lat[len(lat)/2], "p50_ms")
+	b.ReportMetric(lat[min(len(lat)-1, len(lat)*99/100)], "p99_ms")
+	b.ReportMetric(lat[len(lat)-1], "max_ms")
+	b.ReportMetric(float64(len(at))/float64(b.N), "samples/job")
 	b.ReportMetric(0, "ns/op")
 }

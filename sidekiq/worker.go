@@ -40,6 +40,12 @@ const (
 	// and when this child's processes are already known.
 	rescanIdle  = 5 * time.Second
 	rescanKnown = 30 * time.Second
+	// eventsTreeTTL is how long eventsLive trusts a walk of the child's
+	// tree. It runs at every sample (up to 40 a second with events), and a
+	// walk reads a file per thread of every process: most of the agent's
+	// CPU at a few hundred jobs a second. A process gone from the tree in
+	// between has closed its connection, so its events are not live anyway.
+	eventsTreeTTL = time.Second
 	// drainedBeats is how many consecutive distinct beats must show a quiet,
 	// idle process: one beat can race with a job fetched just before quiet.
 	drainedBeats = 2
@@ -98,6 +104,8 @@ type Worker struct {
 	interval     map[string]bool   // classes seen running since the last Attribute
 	growth       map[string]*heartbeat.JobGrowth
 	errLoggedAt  time.Time
+	treePIDs     []int // PIDs() for eventsLive, walked at treeAt
+	treeAt       time.Time
 
 	polled func() // test hook: called after each poll of Drain
 }
@@ -248,7 +256,16 @@ func (w *Worker) eventsLive() bool {
 	if w.Events == nil {
 		return false
 	}
-	for _, pid := range w.pids() {
+	w.mu.Lock()
+	pids, at := w.treePIDs, w.treeAt
+	w.mu.Unlock()
+	if now := w.now(); at.IsZero() || now.Sub(at) >= eventsTreeTTL || now.Before(at) {
+		pids = w.pids()
+		w.mu.Lock()
+		w.treePIDs, w.treeAt = pids, now
+		w.mu.Unlock()
+	}
+	for _, pid := range pids {
 		if p, ok := w.Events.Proc(pid); ok && p.Live {
 			return true
 		}

@@ -48,24 +48,29 @@ module Dynocycle
   #
   # What it costs a job, measured with the real Sidekiq and 10 threads
   # (bench/sidekiq/pair.sh), shaped this code:
-  # - A job's thread queues its line (Thread::Queue takes no Ruby lock) and
-  #   writes what is queued only when FLUSH_EVERY has passed since the last
-  #   write: one write for a burst of jobs. A write per event cost more than
-  #   all the rest of a job's events.
+  # - A job's thread queues its line (Thread::Queue takes no Ruby lock). A
+  #   job's end writes what is queued when FLUSH_EVERY has passed since the
+  #   last write: one write for a burst of jobs. A start never writes: the
+  #   agent acts on ends, and the start goes with the next write. A write
+  #   per event cost more than all the rest of a job's events, and each
+  #   write wakes the agent (its CPU is about one wake-up per write).
   # - No Mutex#lock on a job's path: taken on every job, CRuby handed its
   #   lock between Sidekiq's threads about twice per job (8% of Sidekiq's
   #   throughput on trivial jobs). The write takes the lock with try_lock;
   #   a thread that finds it taken leaves its line to the writer.
   # - No writer thread: busy job threads keep a background thread from
   #   CRuby's lock for up to 100 ms at a time, and the queue then grew into
-  #   Ruby's old generation. A small thread only writes what a last job left
-  #   queued when nothing followed it (every LINGER).
+  #   Ruby's old generation. A small thread only writes what was left
+  #   queued when nothing was written for LINGER.
+  # - FLUSH_EVERY is 20 ms, not less: the agent's CPU is about one wake-up
+  #   per write (a write every 5 ms cost it 3 to 7% of a core), and 20 ms
+  #   keeps a job's end within about 20 ms of its memory sample (p99).
   # Once the process is quiet every line is written at once: then the agent
   # counts a drained worker the moment its last job ends.
   class Events
     ENV_VAR = "DYNOCYCLE_EVENTS"
     RETRY_AFTER = 1.0
-    FLUSH_EVERY = 0.005
+    FLUSH_EVERY = 0.02
     LINGER = 0.02
     CLASS_WORDS_MAX = 1000
     SPACE = /\s/.freeze
@@ -103,7 +108,7 @@ module Dynocycle
       return unless @path
 
       fields = job_fields(jid, klass)
-      queue_line("start", fields)
+      queue_line("start", fields, false)
       fields
     rescue StandardError
       nil
@@ -111,7 +116,7 @@ module Dynocycle
 
     # finish reports the end of the job start returned fields for.
     def finish(fields)
-      queue_line("end", fields) if fields
+      queue_line("end", fields, true) if fields
     end
 
     # quiet says no job starts in this process from now on, and from now on
@@ -154,12 +159,12 @@ module Dynocycle
       "#{jid} #{@class_words[klass] || class_word(klass)}\n"
     end
 
-    # queue_line is an event's whole path: queue its line, write if due.
-    # The pid is this process's now: a job may fork.
-    def queue_line(kind, fields)
+    # queue_line is an event's whole path: queue its line, and write if an
+    # end is due. The pid is this process's now: a job may fork.
+    def queue_line(kind, fields, ends)
       own_process
       @queue << "#{kind}#{@pid_field}#{fields}"
-      write_due
+      write_due if ends || @quiet
     rescue StandardError
       # Never into the job. Exception (Sidekiq::Shutdown, Interrupt) is left
       # alone: Sidekiq raises it into a job to stop it.
@@ -198,7 +203,7 @@ module Dynocycle
     def write_due
       if @quiet
         flush
-      elsif ::Process.clock_gettime(::Process::CLOCK_MONOTONIC) - @written_at >= @flush_every && @write_lock.try_lock
+      elsif clock - @written_at >= @flush_every && @write_lock.try_lock
         begin
           write_queued
         ensure
@@ -207,13 +212,17 @@ module Dynocycle
       end
     end
 
-    # run_linger writes the lines left queued when no job came after them.
+    # run_linger writes the lines left queued when no job's end wrote them
+    # within LINGER of the last write. It wakes LINGER after the last write,
+    # not on a fixed beat: under load the ends write, and a write of the
+    # starts alone in between would only wake the agent once more.
     def run_linger
       Thread.current.report_on_exception = false
       Thread.current.name = "dynocycle-events"
       loop do
-        sleep @linger
-        next if @queue.empty? || !@write_lock.try_lock
+        wait = @written_at + @linger - clock
+        sleep(wait.positive? ? wait : @linger)
+        next if @queue.empty? || clock - @written_at < @linger || !@write_lock.try_lock
 
         begin
           write_queued
@@ -230,7 +239,7 @@ module Dynocycle
     # and let go: the next hello carries the count. Called with @write_lock,
     # so lines go out in the order they were queued.
     def write_queued
-      @written_at = ::Process.clock_gettime(::Process::CLOCK_MONOTONIC)
+      @written_at = clock
       sock = @sock || connect
       text = sock ? +"" : nil
       until @queue.empty?
@@ -248,7 +257,7 @@ module Dynocycle
     # flight before the lines still queued, or returns nil (no agent, or too
     # soon since the last try).
     def connect
-      now = ::Process.clock_gettime(::Process::CLOCK_MONOTONIC)
+      now = clock
       return nil if now < @retry_at
 
       @retry_at = now + RETRY_AFTER
@@ -284,7 +293,11 @@ module Dynocycle
       nil
     ensure
       @sock = nil
-      @retry_at = ::Process.clock_gettime(::Process::CLOCK_MONOTONIC) + RETRY_AFTER
+      @retry_at = clock + RETRY_AFTER
+    end
+
+    def clock
+      ::Process.clock_gettime(::Process::CLOCK_MONOTONIC)
     end
 
     # word keeps a field one word: job ids and class names have no spaces,
