@@ -15,6 +15,7 @@
 #   dynocycle   dynocycle run -- sidekiq ... (CHECK_SCHEDULE=@every 1s,
 #               WORKER=auto: the Sidekiq reader polling Redis, never restarting)
 #   events      the same with the gem's job events middleware (events_app.rb)
+#   agent_mw    bare_mw under dynocycle: against events, only the gem differs
 #
 # Each rep starts a private redis-server per variant (free loopback ports,
 # never 6379), fills each with JOBS trivial jobs, starts both workers at
@@ -99,6 +100,7 @@ start() {
     dynocycle) cmd=("${agent[@]}" "${sk[@]}" -r "$here/jobs.rb") ;;
     events) cmd=("${agent[@]}" "${sk[@]}" -r "$here/events_app.rb") ;;
     bare_mw) cmd=("${sk[@]}" -r "$here/bare_middleware_app.rb") ;;
+    agent_mw) cmd=("${agent[@]}" "${sk[@]}" -r "$here/bare_middleware_app.rb") ;;
     *) echo "pair.sh: unknown variant $v" >&2; exit 2 ;;
   esac
   REDIS_URL="redis://127.0.0.1:$p/0" "${cmd[@]}" >"$work/$v-$slot.log" 2>&1 &
@@ -131,7 +133,7 @@ for rep in $(seq "$REPS"); do
   left=$(( JOBS - (n2a > n2b ? n2a : n2b) ))
   [ "$left" -gt 0 ] || { echo "pair.sh: a worker ran out of jobs within the window; raise JOBS" >&2; exit 1; }
   agent=0
-  case $B in dynocycle | events) agent=$(awk -v d="$((g2 - g1))" -v hz="$hz" -v a="$t1" -v b="$t2" 'BEGIN { printf "%.2f", 100 * (d / hz) / (b - a) }') ;; esac
+  case $B in dynocycle | events | agent_mw) agent=$(awk -v d="$((g2 - g1))" -v hz="$hz" -v a="$t1" -v b="$t2" 'BEGIN { printf "%.2f", 100 * (d / hz) / (b - a) }') ;; esac
   awk -v r="$rep" -v na="$((n2a - n1a))" -v nb="$((n2b - n1b))" -v ca="$((c2a - c1a))" -v cb="$((c2b - c1b))" \
       -v hz="$hz" -v a="$t1" -v b="$t2" -v g="$agent" 'BEGIN {
     ra = na / (b - a); rb = nb / (b - a); ua = 1e6 * ca / hz / na; ub = 1e6 * cb / hz / nb
@@ -155,5 +157,5 @@ ruby -e '
   puts format("%s against %s, %d reps side by side:", ARGV[2], ARGV[1], rows.size)
   puts format("  throughput  %+.2f%% ± %.2f (95%% interval of the mean; median %+.2f%%)", *tp)
   puts format("  CPU per job %+.2f%% ± %.2f (median %+.2f%%)", *cpu)
-  puts format("  agent CPU   %.2f%% of one core (mean)", ag[0]) if %w[dynocycle events].include?(ARGV[2])
+  puts format("  agent CPU   %.2f%% of one core (mean)", ag[0]) if %w[dynocycle events agent_mw].include?(ARGV[2])
 ' "$work/results" "$A" "$B"

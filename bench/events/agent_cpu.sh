@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# The agent's own CPU while a Sidekiq with the gem's job events runs jobs
+# flat out under it (from the repository root):
+#
+#   bench/events/agent_cpu.sh                    # WORK_MS=2 WINDOW=8 REPS=3
+#   BIN=/tmp/old/dynocycle GEM_LIB=/tmp/old/gem/lib bench/events/agent_cpu.sh
+#
+# BIN and GEM_LIB name another build of the agent and of the gem (a
+# `git worktree` of an older commit), to compare two versions rep by rep
+# with VS_BIN and VS_GEM_LIB: each rep then runs both, one after the other.
+# Each run has its own redis-server (a free loopback port, never 6379)
+# holding JOBS jobs of WORK_MS of CPU each, `sidekiq -c 10` under
+# `dynocycle run`, and counts over WINDOW seconds the agent's CPU time
+# (/proc/PID/stat) and the jobs done.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+root=$(pwd)
+WORK_MS=${WORK_MS:-2}
+WINDOW=${WINDOW:-8}
+REPS=${REPS:-3}
+JOBS=${JOBS:-20000}
+export WORK_MS
+for tool in redis-server redis-cli sidekiq ruby go; do
+  command -v "$tool" >/dev/null || { echo "agent_cpu.sh: $tool not found (apt-get install redis-server ruby-sidekiq golang)" >&2; exit 1; }
+done
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+if [ -z "${BIN:-}" ]; then
+  CGO_ENABLED=0 go build -trimpath -o "$work/dynocycle" ./cmd/dynocycle
+  BIN=$work/dynocycle
+fi
+GEM_LIB=${GEM_LIB:-$root/gem/lib}
+hz=$(getconf CLK_TCK)
+
+# run NAME BIN GEM_LIB: one window; prints "NAME agent_cpu_% agent_us/job jobs/s".
+run() {
+  local name=$1 bin=$2 lib=$3 port app agent n1 n2 c1 c2 t1 t2
+  port=$(ruby -rsocket -e 's = TCPServer.new("127.0.0.1", 0); puts s.addr[1]; s.close')
+  redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" >"$work/redis.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  REDIS_URL="redis://127.0.0.1:$port/0" ruby -r sidekiq -e '
+    n = Integer(ARGV[0])
+    Array.new(n) { [n + 1] }.each_slice(1000) { |s| Sidekiq::Client.push_bulk("class" => "NoopJob", "args" => s) }
+  ' "$JOBS" 2>/dev/null
+  app=$work/app-$name.rb
+  printf 'require %s\n$LOAD_PATH.unshift %s\nrequire "dynocycle/sidekiq"\n' \
+    "\"$root/bench/sidekiq/jobs.rb\"" "\"$lib\"" >"$app"
+  env REDIS_URL="redis://127.0.0.1:$port/0" MAX_RSS=100GB "CHECK_SCHEDULE=@every 1s" PLATFORM=local \
+    WORKER=sidekiq FLEET_SCOPE=bench DYNO=worker.1 \
+    "$bin" run -- sidekiq -c 10 -t 5 -q default -r "$app" >"$work/agent-$name.log" 2>&1 &
+  agent=$!
+  pids+=($agent)
+  for _ in $(seq 600); do [ -n "$(redis-cli -p "$port" get bench:done)" ] && break; sleep 0.1; done
+  [ -n "$(redis-cli -p "$port" get bench:done)" ] || { echo "agent_cpu.sh: no job ran; log:" >&2; tail "$work/agent-$name.log" >&2; exit 1; }
+  sleep 1 # past the first jobs
+  n1=$(redis-cli -p "$port" get bench:done); c1=$(awk '{ print $14 + $15 }' "/proc/$agent/stat"); t1=$(date +%s.%N)
+  sleep "$WINDOW"
+  n2=$(redis-cli -p "$port" get bench:done); c2=$(awk '{ print $14 + $15 }' "/proc/$agent/stat"); t2=$(date +%s.%N)
+  [ "$n2" -lt "$JOBS" ] || { echo "agent_cpu.sh: the jobs ran out within the window; raise JOBS" >&2; exit 1; }
+  kill -TERM "$agent"; wait "$agent" 2>/dev/null || true
+  redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true
+  awk -v name="$name" -v c="$((c2 - c1))" -v n="$((n2 - n1))" -v hz="$hz" -v a="$t1" -v b="$t2" 'BEGIN {
+    printf "%s %.2f %.0f %.0f\n", name, 100 * c / hz / (b - a), 1e6 * c / hz / n, n / (b - a)
+  }'
+}
+
+echo "# bench/events/agent_cpu.sh $(date -u +%Y-%m-%dT%H:%M:%SZ) $(uname -srm), WORK_MS=$WORK_MS WINDOW=${WINDOW}s"
+echo "# variant agent_cpu_% agent_us/job jobs/s"
+for _ in $(seq "$REPS"); do
+  run this "$BIN" "$GEM_LIB"
+  if [ -n "${VS_BIN:-}" ]; then run vs "$VS_BIN" "${VS_GEM_LIB:-$GEM_LIB}"; fi
+done
