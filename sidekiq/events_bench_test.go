@@ -8,7 +8,6 @@ package sidekiq
 
 import (
 	"context"
-	"io"
 	"log/slog"
 	"slices"
 	"strconv"
@@ -20,6 +19,7 @@ import (
 	"github.com/dynocycle/dynocycle/internal/testutil"
 	"github.com/dynocycle/dynocycle/jobevents"
 	"github.com/dynocycle/dynocycle/memory"
+	"github.com/redis/go-redis/v9"
 )
 
 // BenchmarkIdleDrain times Quiet + Drain of an idle Sidekiq: from the TSTP
@@ -64,27 +64,47 @@ func BenchmarkIdleDrain(b *testing.B) {
 	}
 }
 
-// BenchmarkJobEndToSample times a job's end (the job's own clock, just
-// before the middleware reports it) to a memory sample of the worker's
-// tree taken on JobEnded: p50 and p99 over b.N jobs run one after another.
-func BenchmarkJobEndToSample(b *testing.B) {
+// sampleBench is what the job end to sample benchmarks share: a Sidekiq
+// with events and the given number of threads, a Worker running on its
+// events, and a meter of its tree.
+type sampleBench struct {
+	c      *redis.Client
+	w      *Worker
+	meter  *memory.Meter
+	ctx    context.Context // the benchmark's
+	runCtx context.Context // the Worker's Run; ends with stopRun
+	// stopRun stops the Worker's Run (also done at the benchmark's end).
+	stopRun func()
+}
+
+func startSampleBench(b *testing.B, threads string) *sampleBench {
+	b.Helper()
 	srv := testredis.Start(b)
 	c := newClient(b, srv)
 	ev := startEvents(b)
-	sk := startSidekiqApp(b, srv, testHost, eventsApp, []string{jobevents.Env + "=" + ev.Path()}, "-c", "5", "-t", "5")
+	sk := startSidekiqApp(b, srv, testHost, eventsApp, []string{jobevents.Env + "=" + ev.Path()}, "-c", threads, "-t", "5")
 	w := &Worker{Reader: &Reader{Client: c}, Hostname: testHost, PIDs: sk.pids, Events: ev,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+		Logger: slog.New(slog.DiscardHandler)}
 	meter, err := memory.New("tree", "/proc", "/sys/fs/cgroup", sk.pid)
 	if err != nil {
 		b.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
+	b.Cleanup(cancel)
 	runCtx, stopRun := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { done <- w.Run(runCtx) }()
-	defer func() { stopRun(); <-done }()
+	b.Cleanup(func() { stopRun(); <-done })
 	testutil.Until(ctx, b, "sidekiq up", func() bool { return w.eventsHealthy() })
+	return &sampleBench{c: c, w: w, meter: meter, ctx: ctx, runCtx: runCtx, stopRun: stopRun}
+}
+
+// BenchmarkJobEndToSample times a job's end (the job's own clock, just
+// before the middleware reports it) to a memory sample of the worker's
+// tree taken on JobEnded: p50 and p99 over b.N jobs run one after another.
+func BenchmarkJobEndToSample(b *testing.B) {
+	sb := startSampleBench(b, "5")
+	c, w, meter, ctx := sb.c, sb.w, sb.meter, sb.ctx
 
 	lat := make([]float64, 0, b.N)
 	for i := range b.N {
@@ -122,23 +142,8 @@ func BenchmarkJobEndToSample(b *testing.B) {
 // sample gap all come into play. A sample is taken on each JobEnded; each
 // job's latency is from its end to the first sample after it.
 func BenchmarkJobEndToSampleUnderLoad(b *testing.B) {
-	srv := testredis.Start(b)
-	c := newClient(b, srv)
-	ev := startEvents(b)
-	sk := startSidekiqApp(b, srv, testHost, eventsApp, []string{jobevents.Env + "=" + ev.Path()}, "-c", "10", "-t", "5")
-	w := &Worker{Reader: &Reader{Client: c}, Hostname: testHost, PIDs: sk.pids, Events: ev,
-		Logger: slog.New(slog.DiscardHandler)}
-	meter, err := memory.New("tree", "/proc", "/sys/fs/cgroup", sk.pid)
-	if err != nil {
-		b.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
-	runCtx, stopRun := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- w.Run(runCtx) }()
-	defer func() { stopRun(); <-done }()
-	testutil.Until(ctx, b, "sidekiq up", func() bool { return w.eventsHealthy() })
+	sb := startSampleBench(b, "10")
+	c, w, meter, ctx, runCtx := sb.c, sb.w, sb.meter, sb.ctx, sb.runCtx
 
 	sampled := make(chan []float64, 1)
 	go func() {
@@ -163,7 +168,7 @@ func BenchmarkJobEndToSampleUnderLoad(b *testing.B) {
 	})
 	// The last end's sample is taken within the goal, or counted missing.
 	time.Sleep(100 * time.Millisecond)
-	stopRun()
+	sb.stopRun()
 	at := <-sampled
 	lat := make([]float64, 0, b.N)
 	for _, line := range c.LRange(ctx, "dynocycle:test:spans", 0, -1).Val() {
