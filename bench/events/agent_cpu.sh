@@ -4,14 +4,15 @@
 #
 #   bench/events/agent_cpu.sh                    # WORK_MS=2 WINDOW=8 REPS=3
 #   BIN=/tmp/old/dynocycle GEM_LIB=/tmp/old/gem/lib bench/events/agent_cpu.sh
+#   IDLE=1 WINDOW=20 bench/events/agent_cpu.sh   # no jobs: an idle worker
 #
 # BIN and GEM_LIB name another build of the agent and of the gem (a
 # `git worktree` of an older commit), to compare two versions rep by rep
 # with VS_BIN and VS_GEM_LIB: each rep then runs both, one after the other.
 # Each run has its own redis-server (a free loopback port, never 6379)
-# holding JOBS jobs of WORK_MS of CPU each, `sidekiq -c 10` under
-# `dynocycle run`, and counts over WINDOW seconds the agent's CPU time
-# (/proc/PID/stat) and the jobs done.
+# holding JOBS jobs of WORK_MS of CPU each (none with IDLE=1),
+# `sidekiq -c 10` under `dynocycle run`, and counts over WINDOW seconds the
+# agent's and Sidekiq's CPU time (/proc/PID/stat) and the jobs done.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$(pwd)
@@ -38,14 +39,23 @@ fi
 GEM_LIB=${GEM_LIB:-$root/gem/lib}
 hz=$(getconf CLK_TCK)
 
-# run NAME BIN GEM_LIB: one window; prints "NAME agent_cpu_% agent_us/job jobs/s".
+# sidekiq_of AGENT: the agent's child that is not its /bin/sh guard.
+sidekiq_of() {
+  local kid
+  for kid in $(cat /proc/"$1"/task/*/children 2>/dev/null); do
+    [ "$(cat /proc/"$kid"/comm 2>/dev/null)" = sh ] || { echo "$kid"; return; }
+  done
+}
+ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+
+# run NAME BIN GEM_LIB: one window; prints a line of the table.
 run() {
-  local name=$1 bin=$2 lib=$3 port app agent n1 n2 c1 c2 t1 t2
+  local name=$1 bin=$2 lib=$3 port app agent sk n1 n2 c1 c2 s1 s2 t1 t2
   port=$(ruby -rsocket -e 's = TCPServer.new("127.0.0.1", 0); puts s.addr[1]; s.close')
   redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" >"$work/redis.log" 2>&1 &
   pids+=($!)
   for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
-  REDIS_URL="redis://127.0.0.1:$port/0" ruby -r sidekiq -e '
+  [ -n "${IDLE:-}" ] || REDIS_URL="redis://127.0.0.1:$port/0" ruby -r sidekiq -e '
     n = Integer(ARGV[0])
     Array.new(n) { [n + 1] }.each_slice(1000) { |s| Sidekiq::Client.push_bulk("class" => "NoopJob", "args" => s) }
   ' "$JOBS" 2>/dev/null
@@ -57,22 +67,26 @@ run() {
     "$bin" run -- sidekiq -c 10 -t 5 -q default -r "$app" >"$work/agent-$name.log" 2>&1 &
   agent=$!
   pids+=($agent)
-  for _ in $(seq 600); do [ -n "$(redis-cli -p "$port" get bench:done)" ] && break; sleep 0.1; done
-  [ -n "$(redis-cli -p "$port" get bench:done)" ] || { echo "agent_cpu.sh: no job ran; log:" >&2; tail "$work/agent-$name.log" >&2; exit 1; }
-  sleep 1 # past the first jobs
-  n1=$(redis-cli -p "$port" get bench:done); c1=$(awk '{ print $14 + $15 }' "/proc/$agent/stat"); t1=$(date +%s.%N)
+  # Up: Sidekiq is in Redis (its heartbeat's "processes" set).
+  for _ in $(seq 600); do [ "$(redis-cli -p "$port" scard processes)" -gt 0 ] && break; sleep 0.1; done
+  [ "$(redis-cli -p "$port" scard processes)" -gt 0 ] || { echo "agent_cpu.sh: Sidekiq did not start; log:" >&2; tail "$work/agent-$name.log" >&2; exit 1; }
+  sleep 2 # past the first jobs, or Sidekiq's start-up when idle
+  sk=$(sidekiq_of "$agent")
+  n1=$(redis-cli -p "$port" get bench:done); c1=$(ticks "$agent"); s1=$(ticks "$sk"); t1=$(date +%s.%N)
   sleep "$WINDOW"
-  n2=$(redis-cli -p "$port" get bench:done); c2=$(awk '{ print $14 + $15 }' "/proc/$agent/stat"); t2=$(date +%s.%N)
+  n2=$(redis-cli -p "$port" get bench:done); c2=$(ticks "$agent"); s2=$(ticks "$sk"); t2=$(date +%s.%N)
+  n1=${n1:-0} n2=${n2:-0}
   [ "$n2" -lt "$JOBS" ] || { echo "agent_cpu.sh: the jobs ran out within the window; raise JOBS" >&2; exit 1; }
   kill -TERM "$agent"; wait "$agent" 2>/dev/null || true
   redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true
-  awk -v name="$name" -v c="$((c2 - c1))" -v n="$((n2 - n1))" -v hz="$hz" -v a="$t1" -v b="$t2" 'BEGIN {
-    printf "%s %.2f %.0f %.0f\n", name, 100 * c / hz / (b - a), 1e6 * c / hz / n, n / (b - a)
+  awk -v name="$name" -v c="$((c2 - c1))" -v sc="$((s2 - s1))" -v n="$((n2 - n1))" -v hz="$hz" -v a="$t1" -v b="$t2" 'BEGIN {
+    per = n > 0 ? sprintf("%.0f", 1e6 * c / hz / n) : "-"
+    printf "%s %.2f %.2f %s %.0f\n", name, 100 * c / hz / (b - a), 100 * sc / hz / (b - a), per, n / (b - a)
   }'
 }
 
-echo "# bench/events/agent_cpu.sh $(date -u +%Y-%m-%dT%H:%M:%SZ) $(uname -srm), WORK_MS=$WORK_MS WINDOW=${WINDOW}s"
-echo "# variant agent_cpu_% agent_us/job jobs/s"
+echo "# bench/events/agent_cpu.sh $(date -u +%Y-%m-%dT%H:%M:%SZ) $(uname -srm), WORK_MS=$WORK_MS WINDOW=${WINDOW}s${IDLE:+ IDLE}"
+echo "# variant agent_cpu_% sidekiq_cpu_% agent_us/job jobs/s"
 for _ in $(seq "$REPS"); do
   run this "$BIN" "$GEM_LIB"
   if [ -n "${VS_BIN:-}" ]; then run vs "$VS_BIN" "${VS_GEM_LIB:-$GEM_LIB}"; fi

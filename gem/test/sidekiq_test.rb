@@ -181,6 +181,22 @@ class SidekiqMiddlewareTest < Minitest::Test
     assert_equal ["hello #{pid} 0\n", "start #{pid} j1 HardJob\n", "end #{pid} j1 HardJob\n"], lines(conn, 3)
   end
 
+  def test_an_idle_reporter_waits_without_a_timer_and_wakes_for_a_line
+    listen
+    # Never due by time: only the lingering-line thread can write the lines.
+    events = Dynocycle::Events.new(@path, flush_every: 3600, linger: 0.01)
+    events.hello
+    conn = @server.accept
+    pid = Process.pid
+    assert_equal ["hello #{pid} 0\n"], lines(conn, 1)
+    # Parked on its queue, not sleeping on a timer, while nothing is queued.
+    wake = events.instance_variable_get(:@wake)
+    Timeout.timeout(5) { sleep 0.01 until wake.num_waiting == 1 }
+    run_job(events)
+    assert_equal ["start #{pid} j1 HardJob\n", "end #{pid} j1 HardJob\n"], lines(conn, 2)
+    Timeout.timeout(5) { sleep 0.01 until wake.num_waiting == 1 }
+  end
+
   def test_after_quiet_each_line_is_written_at_once
     listen
     # Neither due by time nor lingered: only the quiet makes them go.
