@@ -41,10 +41,11 @@ const (
 	rescanIdle  = 5 * time.Second
 	rescanKnown = 30 * time.Second
 	// eventsTreeTTL is how long eventsLive trusts a walk of the child's
-	// tree. It runs at every sample (up to 40 a second with events), and a
-	// walk reads a file per thread of every process: most of the agent's
-	// CPU at a few hundred jobs a second. A process gone from the tree in
-	// between has closed its connection, so its events are not live anyway.
+	// tree. It runs at every sample (one per jobevents.DefaultMinSampleGap
+	// at most), and a walk reads a file per thread of every process: 14% of
+	// the agent's CPU at a few hundred jobs a second. A process gone from
+	// the tree in between has closed its connection, so its events are not
+	// live anyway.
 	eventsTreeTTL = time.Second
 	// drainedBeats is how many consecutive distinct beats must show a quiet,
 	// idle process: one beat can race with a job fetched just before quiet.
