@@ -48,12 +48,15 @@ module Dynocycle
   #
   # What it costs a job, measured with the real Sidekiq and 10 threads
   # (bench/sidekiq/pair.sh), shaped this code:
-  # - A job's thread queues its line (Thread::Queue takes no Ruby lock). A
-  #   job's end writes what is queued when FLUSH_EVERY has passed since the
-  #   last write: one write for a burst of jobs. A start never writes: the
-  #   agent acts on ends, and the start goes with the next write. A write
-  #   per event cost more than all the rest of a job's events, and each
-  #   write wakes the agent (its CPU is about one wake-up per write).
+  # - A job's thread queues its job's fields, made once per job, on a
+  #   queue of starts or of ends (Thread::Queue takes no Ruby lock); the
+  #   write makes the lines. Making each line on the job's thread cost it a
+  #   fifth of the gem's time per job inside Sidekiq (bench/events/t2.rb).
+  #   A job's end writes what is queued when FLUSH_EVERY has passed since
+  #   the last write: one write for a burst of jobs. A start never writes:
+  #   the agent acts on ends, and the start goes with the next write. A
+  #   write per event cost more than all the rest of a job's events, and
+  #   each write wakes the agent (its CPU is about one wake-up per write).
   # - No Mutex#lock on a job's path: taken on every job, CRuby handed its
   #   lock between Sidekiq's threads about twice per job (8% of Sidekiq's
   #   throughput on trivial jobs). The write takes the lock with try_lock;
@@ -108,16 +111,28 @@ module Dynocycle
     def start(jid, klass)
       return unless @path
 
+      own_process if !@fork_hooked || @forks != ForkCount.value
       fields = job_fields(jid, klass)
-      queue_line("start", fields, false)
+      @starts << fields
+      unpark if @parked
       fields
     rescue StandardError
+      # Never into the job. Exception (Sidekiq::Shutdown, Interrupt) is left
+      # alone: Sidekiq raises it into a job to stop it.
       nil
     end
 
-    # finish reports the end of the job start returned fields for.
+    # finish reports the end of the job start returned fields for, and
+    # writes what is queued if it is time.
     def finish(fields)
-      queue_line("end", fields, true) if fields
+      return unless fields
+
+      own_process if !@fork_hooked || @forks != ForkCount.value
+      @ends << fields
+      write_due if @quiet || clock - @written_at >= @flush_every
+      unpark if @parked && queued?
+    rescue StandardError
+      nil
     end
 
     # quiet says no job starts in this process from now on, and from now on
@@ -127,7 +142,7 @@ module Dynocycle
 
       own_process
       @quiet = true
-      @queue << "quiet#{@pid_field.rstrip}\n"
+      @quiet_line = "quiet #{@pid}\n"
       flush
     rescue StandardError
       nil
@@ -160,28 +175,14 @@ module Dynocycle
       "#{jid} #{@class_words[klass] || class_word(klass)}\n"
     end
 
-    # queue_line is an event's whole path: queue its line, and write if an
-    # end is due. The pid is this process's now: a job may fork.
-    def queue_line(kind, fields, ends)
-      own_process
-      @queue << "#{kind}#{@pid_field}#{fields}"
-      write_due if ends || @quiet
-      unpark if @parked && !@queue.empty?
-    rescue StandardError
-      # Never into the job. Exception (Sidekiq::Shutdown, Interrupt) is left
-      # alone: Sidekiq raises it into a job to stop it.
-      nil
-    end
-
-    # own_process notices a fork (Sidekiq 8's swarm): the queue, the socket
-    # and the lingering-line thread are the parent's. With Ruby's fork hook
-    # (3.1+) it costs a counter compare; before, a getpid per event.
+    # own_process makes the queues, the socket and the lingering-line
+    # thread this process's own when it is not the process that made them:
+    # a fork (Sidekiq 8's swarm, or a job that forks). An event calls it
+    # when the fork count moved (Ruby's fork hook, 3.1+: a compare, inline
+    # in start and finish, where a method call costs a job more), or every
+    # time without the hook (a getpid).
     def own_process
-      if @fork_hooked
-        return if @forks == ForkCount.value
-
-        @forks = ForkCount.value
-      end
+      @forks = ForkCount.value if @fork_hooked
       pid = ::Process.pid
       forked(pid) if pid != @pid
     end
@@ -189,25 +190,28 @@ module Dynocycle
     def forked(pid)
       # Not the parent's socket: the parent goes on writing to it.
       @sock = nil
-      @queue = Thread::Queue.new
+      @starts = Thread::Queue.new
+      @ends = Thread::Queue.new
+      @quiet_line = nil
+      @start_prefix = "start #{pid} "
+      @end_prefix = "end #{pid} "
       @write_lock = Mutex.new
       @written_at = 0.0
       @in_flight = 0
       @retry_at = 0.0
       @quiet = false
       @pid = pid
-      @pid_field = " #{pid} "
       @wake = Thread::Queue.new
       @parked = false
       Thread.new { run_linger }
     end
 
-    # write_due writes what is queued when it is time: at once when quiet,
-    # else FLUSH_EVERY after the last write, unless another thread is at it.
+    # write_due writes what is queued: at once when quiet, else unless
+    # another thread is at it.
     def write_due
       if @quiet
         flush
-      elsif clock - @written_at >= @flush_every && @write_lock.try_lock
+      elsif @write_lock.try_lock
         begin
           write_queued
         ensure
@@ -226,10 +230,10 @@ module Dynocycle
       Thread.current.report_on_exception = false
       Thread.current.name = "dynocycle-events"
       loop do
-        park if @queue.empty?
+        park unless queued?
         wait = @written_at + @linger - clock
         sleep(wait.positive? ? wait : @linger)
-        next if @queue.empty? || clock - @written_at < @linger || !@write_lock.try_lock
+        next if !queued? || clock - @written_at < @linger || !@write_lock.try_lock
 
         begin
           write_queued
@@ -247,7 +251,7 @@ module Dynocycle
     # and the loop goes round once more.
     def park
       @parked = true
-      @wake.pop if @queue.empty?
+      @wake.pop unless queued?
       @parked = false
     end
 
@@ -256,21 +260,34 @@ module Dynocycle
       @wake << true
     end
 
-    # write_queued takes every queued line, counts the jobs, and writes the
-    # lines in one write. Without an agent to talk to the lines are counted
-    # and let go: the next hello carries the count. Called with @write_lock,
-    # so lines go out in the order they were queued.
+    def queued?
+      !(@starts.empty? && @ends.empty?)
+    end
+
+    # write_queued makes the lines of what is queued, counts the jobs, and
+    # writes the lines in one write: the starts, then the ends, then the
+    # quiet. The ends and the quiet are those queued when it began, so each
+    # follows every start queued before it: a job's start always goes
+    # before its end, and no start after the quiet. Without an agent to talk
+    # to the jobs are counted and let go: the next hello carries the count.
+    # Called with @write_lock.
     def write_queued
       @written_at = clock
+      ends = @ends.size
+      quiet_line = @quiet_line
       sock = @sock || connect
-      text = sock ? +"" : nil
-      until @queue.empty?
-        line = @queue.pop
-        case line.getbyte(0)
-        when 115 then @in_flight += 1 # "start"
-        when 101 then @in_flight -= 1 # "end"
-        end
-        text&.<<(line)
+      text = +""
+      until @starts.empty?
+        text << @start_prefix << @starts.pop
+        @in_flight += 1
+      end
+      ends.times do
+        text << @end_prefix << @ends.pop
+        @in_flight -= 1
+      end
+      if quiet_line
+        text << quiet_line
+        @quiet_line = nil
       end
       drop unless sock.nil? || text.empty? || put(sock, text)
     end
