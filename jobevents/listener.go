@@ -18,22 +18,22 @@ import (
 const (
 	// The agent's CPU under events is about one wake-up per read (on this
 	// VM 0.5 to 1 ms each, most of it the Go scheduler), so the reads and
-	// samples follow the gem's writes, at most one per 20 ms, rather than
+	// samples follow the gem's writes, at most one per 30 ms, rather than
 	// outpacing them (bench/sidekiq, BENCHMARKS.md).
 
 	// DefaultMinSampleGap spaces the JobEnded signals: a burst of short jobs
 	// ending is one sample per gap, not one per job (each sample reads
 	// procfs and publishes the dyno's presence to Redis). Shorter than the
-	// gem's 20 ms between writes, so a write's ends are sampled at once and
+	// gem's 30 ms between writes, so a write's ends are sampled at once and
 	// the gap never needs a timer of its own under steady load; job end to
-	// sample stays within the 50 ms goal (p99 about 20 ms).
+	// sample stays within the 50 ms goal (p99 about 30 ms).
 	DefaultMinSampleGap = 15 * time.Millisecond
 	// readPace spaces the reads of a connection, for writers that do not
 	// batch: a busy worker writing two lines per job and waking the agent
 	// for each (thousands a second) cost the agent a fifth of a core and
 	// Sidekiq 40% of its throughput in bench/sidekiq. Lines written
 	// meanwhile wait in the socket (about 200 writes fit) and are read
-	// together. Below the gem's 20 ms, so its writes are read on arrival.
+	// together. Below the gem's 30 ms, so its writes are read on arrival.
 	readPace = 15 * time.Millisecond
 	// maxConns bounds the connections held: one per worker process is
 	// the norm; more is a misbehaving writer.
