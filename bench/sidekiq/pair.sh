@@ -7,6 +7,7 @@
 #   bench/sidekiq/pair.sh                       # A=bare B=events REPS=10 WINDOW=8
 #   A=bare B=dynocycle REPS=5 bench/sidekiq/pair.sh
 #   WORK_MS=2 JOBS=5000 bench/sidekiq/pair.sh   # jobs that each use 2 ms of CPU
+#   A=events_vs VS_GEM_LIB=/tmp/old/gem/lib bench/sidekiq/pair.sh  # an older gem against this one
 #
 # Variants (as in run.sh):
 #   bare        sidekiq alone (jobs.rb)
@@ -16,6 +17,8 @@
 #               WORKER=auto: the Sidekiq reader polling Redis, never restarting)
 #   events      the same with the gem's job events middleware (events_app.rb)
 #   agent_mw    bare_mw under dynocycle: against events, only the gem differs
+#   events_vs   events with the gem in VS_GEM_LIB (the gem/lib of another
+#               commit, e.g. a `git worktree`): two versions of the gem
 #
 # Each rep starts a private redis-server per variant (free loopback ports,
 # never 6379), fills each with JOBS trivial jobs, starts both workers at
@@ -101,6 +104,9 @@ start() {
     events) cmd=("${agent[@]}" "${sk[@]}" -r "$here/events_app.rb") ;;
     bare_mw) cmd=("${sk[@]}" -r "$here/bare_middleware_app.rb") ;;
     agent_mw) cmd=("${agent[@]}" "${sk[@]}" -r "$here/bare_middleware_app.rb") ;;
+    events_vs)
+      [ -d "${VS_GEM_LIB:-}" ] || { echo "pair.sh: events_vs needs VS_GEM_LIB, a gem/lib directory" >&2; exit 2; }
+      cmd=(env "GEM_LIB=$(cd "$VS_GEM_LIB" && pwd)" "${agent[@]}" "${sk[@]}" -r "$here/events_app.rb") ;;
     *) echo "pair.sh: unknown variant $v" >&2; exit 2 ;;
   esac
   REDIS_URL="redis://127.0.0.1:$p/0" "${cmd[@]}" >"$work/$v-$slot.log" 2>&1 &
@@ -133,7 +139,7 @@ for rep in $(seq "$REPS"); do
   left=$(( JOBS - (n2a > n2b ? n2a : n2b) ))
   [ "$left" -gt 0 ] || { echo "pair.sh: a worker ran out of jobs within the window; raise JOBS" >&2; exit 1; }
   agent=0
-  case $B in dynocycle | events | agent_mw) agent=$(awk -v d="$((g2 - g1))" -v hz="$hz" -v a="$t1" -v b="$t2" 'BEGIN { printf "%.2f", 100 * (d / hz) / (b - a) }') ;; esac
+  case $B in dynocycle | events | agent_mw | events_vs) agent=$(awk -v d="$((g2 - g1))" -v hz="$hz" -v a="$t1" -v b="$t2" 'BEGIN { printf "%.2f", 100 * (d / hz) / (b - a) }') ;; esac
   awk -v r="$rep" -v na="$((n2a - n1a))" -v nb="$((n2b - n1b))" -v ca="$((c2a - c1a))" -v cb="$((c2b - c1b))" \
       -v hz="$hz" -v a="$t1" -v b="$t2" -v g="$agent" 'BEGIN {
     ra = na / (b - a); rb = nb / (b - a); ua = 1e6 * ca / hz / na; ub = 1e6 * cb / hz / nb
@@ -157,5 +163,5 @@ ruby -e '
   puts format("%s against %s, %d reps side by side:", ARGV[2], ARGV[1], rows.size)
   puts format("  throughput  %+.2f%% ± %.2f (95%% interval of the mean; median %+.2f%%)", *tp)
   puts format("  CPU per job %+.2f%% ± %.2f (median %+.2f%%)", *cpu)
-  puts format("  agent CPU   %.2f%% of one core (mean)", ag[0]) if %w[dynocycle events agent_mw].include?(ARGV[2])
+  puts format("  agent CPU   %.2f%% of one core (mean)", ag[0]) if %w[dynocycle events agent_mw events_vs].include?(ARGV[2])
 ' "$work/results" "$A" "$B"
