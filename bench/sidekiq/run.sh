@@ -5,7 +5,7 @@
 #   dynocycle   dynocycle run -- sidekiq ...   (CHECK_SCHEDULE=@every 1s, WORKER=auto:
 #               the Sidekiq worker reading Redis, limit too high to restart)
 #   events      the same, with the gem's job events middleware (events_app.rb):
-#               a sample after every job end, coalesced to one per 25 ms
+#               a sample after job ends, at most one per 15 ms
 #   ps_gc       sidekiq with a server middleware that after every job runs
 #               `ps -o rss= -p PID` and GC.start (rss_check_middleware.rb)
 #   proc        the same middleware reading /proc/self/status, no GC

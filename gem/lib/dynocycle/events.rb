@@ -50,8 +50,8 @@ module Dynocycle
   # (bench/sidekiq/pair.sh), shaped this code:
   # - A job's thread queues its job's fields, made once per job, on a
   #   queue of starts or of ends (Thread::Queue takes no Ruby lock); the
-  #   write makes the lines. Making each line on the job's thread cost it a
-  #   fifth of the gem's time per job inside Sidekiq (bench/events/t2.rb).
+  #   write makes the lines. Making each line on the job's thread cost it
+  #   about a tenth more inside Sidekiq (bench/events/bracket_pair.sh).
   #   A job's end writes what is queued when FLUSH_EVERY has passed since
   #   the last write: one write for a burst of jobs. A start never writes:
   #   the agent acts on ends, and the start goes with the next write. A
@@ -60,7 +60,7 @@ module Dynocycle
   # - No Mutex#lock on a job's path: taken on every job, CRuby handed its
   #   lock between Sidekiq's threads about twice per job (8% of Sidekiq's
   #   throughput on trivial jobs). The write takes the lock with try_lock;
-  #   a thread that finds it taken leaves its line to the writer.
+  #   a thread that finds it taken leaves its job to the writer.
   # - No writer thread: busy job threads keep a background thread from
   #   CRuby's lock for up to 100 ms at a time, and the queue then grew into
   #   Ruby's old generation. A small thread only writes what was left
@@ -110,7 +110,8 @@ module Dynocycle
     end
 
     # start reports a job's start and returns what finish takes to report
-    # its end: the line's job fields, made once per job.
+    # its end: the line's job fields (the job id and class, each one word),
+    # made once per job.
     def start(jid, klass)
       return unless @path
 
@@ -172,12 +173,6 @@ module Dynocycle
     end
 
     private
-
-    # job_fields is a line's end: the job id and class, each one word.
-    def job_fields(jid, klass)
-      jid = word(jid) if !jid.is_a?(String) || jid.match?(SPACE)
-      "#{jid} #{@class_words[klass] || class_word(klass)}\n"
-    end
 
     # own_process makes the queues, the socket and the lingering-line
     # thread this process's own when it is not the process that made them:
