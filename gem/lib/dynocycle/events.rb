@@ -275,20 +275,22 @@ module Dynocycle
       ends = @ends.size
       quiet_line = @quiet_line
       sock = @sock || connect
-      text = +""
+      text = sock && +""
       until @starts.empty?
-        text << @start_prefix << @starts.pop
+        fields = @starts.pop
+        text << @start_prefix << fields if text
         @in_flight += 1
       end
       ends.times do
-        text << @end_prefix << @ends.pop
+        fields = @ends.pop
+        text << @end_prefix << fields if text
         @in_flight -= 1
       end
-      if quiet_line
-        text << quiet_line
-        @quiet_line = nil
-      end
-      drop unless sock.nil? || text.empty? || put(sock, text)
+      @quiet_line = nil if quiet_line
+      return unless text
+
+      text << quiet_line if quiet_line
+      drop unless text.empty? || put(sock, text)
     end
 
     # connect opens the socket and says hello with the count of jobs in
