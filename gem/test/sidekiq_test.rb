@@ -197,6 +197,27 @@ class SidekiqMiddlewareTest < Minitest::Test
     Timeout.timeout(5) { sleep 0.01 until wake.num_waiting == 1 }
   end
 
+  def test_a_write_puts_the_starts_first_then_the_ends_then_the_quiet
+    listen
+    # Nothing due by time or lingered: the quiet writes all at once.
+    events = Dynocycle::Events.new(@path, flush_every: 3600, linger: 3600)
+    events.hello
+    conn = @server.accept
+    a = events.start("a", "A")
+    b = events.start("b", "B")
+    events.finish(b)
+    c = events.start("c", "C")
+    events.finish(a)
+    events.quiet
+    pid = Process.pid
+    # Each job's start before its end, and every start before the quiet.
+    assert_equal ["hello #{pid} 0\n", "start #{pid} a A\n", "start #{pid} b B\n", "start #{pid} c C\n",
+                  "end #{pid} b B\n", "end #{pid} a A\n", "quiet #{pid}\n"], lines(conn, 7)
+    events.finish(c)
+    assert_equal ["end #{pid} c C\n"], lines(conn, 1)
+    assert_equal 0, events.in_flight
+  end
+
   def test_after_quiet_each_line_is_written_at_once
     listen
     # Neither due by time nor lingered: only the quiet makes them go.
