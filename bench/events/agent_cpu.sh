@@ -16,6 +16,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$(pwd)
+source bench/lib.sh
 WORK_MS=${WORK_MS:-2}
 WINDOW=${WINDOW:-8}
 REPS=${REPS:-3}
@@ -51,14 +52,10 @@ ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 # run NAME BIN GEM_LIB: one window; prints a line of the table.
 run() {
   local name=$1 bin=$2 lib=$3 port app agent sk n1 n2 c1 c2 s1 s2 t1 t2
-  port=$(ruby -rsocket -e 's = TCPServer.new("127.0.0.1", 0); puts s.addr[1]; s.close')
-  redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" >"$work/redis.log" 2>&1 &
-  pids+=($!)
-  for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
-  [ -n "${IDLE:-}" ] || REDIS_URL="redis://127.0.0.1:$port/0" ruby -r sidekiq -e '
-    n = Integer(ARGV[0])
-    Array.new(n) { [n + 1] }.each_slice(1000) { |s| Sidekiq::Client.push_bulk("class" => "NoopJob", "args" => s) }
-  ' "$JOBS" 2>/dev/null
+  port=$(free_port)
+  start_redis "$port" "$work" "$work/redis.log"
+  pids+=("$redis_pid")
+  [ -n "${IDLE:-}" ] || enqueue_jobs "$port" "$JOBS" $((JOBS + 1))
   app=$work/app-$name.rb
   printf 'require %s\n$LOAD_PATH.unshift %s\nrequire "dynocycle/sidekiq"\n' \
     "\"$root/bench/sidekiq/jobs.rb\"" "\"$lib\"" >"$app"

@@ -17,6 +17,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$(pwd)
+source bench/lib.sh
 A=${1:?usage: bracket_pair.sh LIB_A LIB_B (a gem/lib directory or bare)}
 B=${2:?usage: bracket_pair.sh LIB_A LIB_B (a gem/lib directory or bare)}
 REPS=${REPS:-4}
@@ -41,18 +42,13 @@ CGO_ENABLED=0 go build -trimpath -o "$work/dynocycle" ./cmd/dynocycle
 sidekiq_cpu=$(($(nproc) - 1))
 [ "$sidekiq_cpu" -gt 0 ] || { echo "bracket_pair.sh: needs two cores" >&2; exit 1; }
 
-free_port() { ruby -rsocket -e 's = TCPServer.new("127.0.0.1", 0); puts s.addr[1]; s.close'; }
 # fill: a private redis-server holding JOBS jobs; prints its port.
 fill() {
   local p
   p=$(free_port)
-  taskset -c 0 redis-server --port "$p" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" >/dev/null 2>&1 &
-  pids+=($!)
-  for _ in $(seq 100); do redis-cli -p "$p" ping >/dev/null 2>&1 && break; sleep 0.1; done
-  REDIS_URL="redis://127.0.0.1:$p/0" ruby -r sidekiq -e '
-    n = Integer(ARGV[0])
-    Array.new(n) { [n + 1] }.each_slice(1000) { |s| Sidekiq::Client.push_bulk("class" => "NoopJob", "args" => s) }
-  ' "$JOBS" 2>/dev/null
+  start_redis "$p" "$work" "$work/redis-$p.log" 0 >&2
+  pids+=("$redis_pid")
+  enqueue_jobs "$p" "$JOBS" $((JOBS + 1))
   echo "$p"
 }
 # start LIB PORT LOG: the agent and its Sidekiq; the agent's pid in $started.

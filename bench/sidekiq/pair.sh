@@ -46,6 +46,7 @@ CONCURRENCY=${CONCURRENCY:-10}
 
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
+source "$root/bench/lib.sh"
 for tool in redis-server redis-cli sidekiq ruby go taskset; do
   command -v "$tool" >/dev/null || { echo "pair.sh: $tool not found (apt-get install redis-server ruby-sidekiq golang)" >&2; exit 1; }
 done
@@ -65,7 +66,6 @@ OTHER_CPU=0
 [ "$SIDEKIQ_CPU" -gt 0 ] || { echo "pair.sh: needs two cores" >&2; exit 1; }
 taskset -p -c "$OTHER_CPU" $$ >/dev/null
 
-free_port() { ruby -rsocket -e 's = TCPServer.new("127.0.0.1", 0); puts s.addr[1]; s.close'; }
 hz=$(getconf CLK_TCK)
 ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 # sidekiq_pid PID: the Sidekiq process of a started variant: itself, or the
@@ -83,13 +83,9 @@ declare -A port worker
 fill() {
   local slot=$1 p
   p=$(free_port)
-  taskset -c "$OTHER_CPU" redis-server --port "$p" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" >"$work/redis-$slot.log" 2>&1 &
-  pids+=($!)
-  for _ in $(seq 100); do redis-cli -p "$p" ping >/dev/null 2>&1 && break; sleep 0.1; done
-  REDIS_URL="redis://127.0.0.1:$p/0" ruby -r sidekiq -e '
-    n = Integer(ARGV[0])
-    Array.new(n) { [n + 1] }.each_slice(1000) { |s| Sidekiq::Client.push_bulk("class" => "NoopJob", "args" => s) }
-  ' "$JOBS" 2>/dev/null
+  start_redis "$p" "$work" "$work/redis-$slot.log" "$OTHER_CPU"
+  pids+=("$redis_pid")
+  enqueue_jobs "$p" "$JOBS" $((JOBS + 1))
   port[$slot]=$p
 }
 

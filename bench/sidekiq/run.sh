@@ -36,6 +36,7 @@ TIMEOUT=${TIMEOUT:-600} # seconds per run
 
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
+source "$root/bench/lib.sh"
 for tool in redis-server redis-cli sidekiq ruby go; do
   command -v "$tool" >/dev/null || { echo "run.sh: $tool not found (apt-get install redis-server ruby-sidekiq golang)" >&2; exit 1; }
 done
@@ -52,19 +53,12 @@ trap cleanup EXIT
 
 (cd "$root" && CGO_ENABLED=0 go build -trimpath -o "$work/" ./cmd/dynocycle)
 
-port=$(ruby -rsocket -e 's = TCPServer.new("127.0.0.1", 0); puts s.addr[1]; s.close')
-redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" >"$work/redis.log" 2>&1 &
-redis_pid=$!
-for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+port=$(free_port)
+start_redis "$port" "$work" "$work/redis.log"
 url="redis://127.0.0.1:$port/0"
 rcli() { redis-cli -p "$port" "$@"; }
 
-enqueue() { # COUNT
-  REDIS_URL=$url ruby -r sidekiq -e '
-    n = Integer(ARGV[0])
-    Array.new(n) { [n] }.each_slice(1000) { |s| Sidekiq::Client.push_bulk("class" => "NoopJob", "args" => s) }
-  ' "$1" 2>/dev/null
-}
+enqueue() { enqueue_jobs "$port" "$1" "$1"; } # COUNT
 
 # cpu_ticks PID: user+system clock ticks the process has used so far.
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
