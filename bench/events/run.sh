@@ -14,6 +14,7 @@
 #      and the events under the agent against each
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+source bench/lib.sh
 DRAINS=${DRAINS:-3}
 SAMPLES=${SAMPLES:-200}
 MW_N=${MW_N:-100000}
@@ -22,11 +23,11 @@ echo "## 1-2. idle drain after quiet; job end to sample"
 go test -run '^$' -bench 'IdleDrain' -benchtime "${DRAINS}x" ./sidekiq/ 2>&1 | grep -E '^Benchmark'
 go test -run '^$' -bench 'JobEndToSample' -benchtime "${SAMPLES}x" ./sidekiq/ 2>&1 | grep -E '^Benchmark'
 echo "## 3. middleware cost per job"
-port=$(ruby -rsocket -e 's = TCPServer.new("127.0.0.1", 0); puts s.addr[1]; s.close')
+port=$(free_port)
 work=$(mktemp -d)
+redis_pid=""
 trap 'kill "$redis_pid" 2>/dev/null; rm -rf "$work"' EXIT
-redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" >/dev/null 2>&1 &
-redis_pid=$!
+start_redis "$port" "$work" "$work/redis.log"
 go build -o "$work/" ./cmd/dynocycle
 # WORKER=sidekiq: the agent listens for events (the Sidekiq reader finds no
 # Sidekiq in this script and stays idle).
