@@ -19,6 +19,20 @@ start_redis() {
   return 1
 }
 
+# ticks PID: the user and system clock ticks the process has used so far.
+ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+
+# sidekiq_pid PID: the Sidekiq process of a started worker: the child of
+# the dynocycle agent PID that is not its /bin/sh guard, or PID itself when
+# Sidekiq runs bare.
+sidekiq_pid() {
+  local kid
+  for kid in $(cat /proc/"$1"/task/*/children 2>/dev/null); do
+    [ "$(cat /proc/"$kid"/comm 2>/dev/null)" = sh ] || { echo "$kid"; return; }
+  done
+  echo "$1"
+}
+
 # enqueue_jobs PORT N TOTAL: N NoopJobs (bench/sidekiq/jobs.rb) whose
 # argument is TOTAL, the count at which the job run as number TOTAL records
 # the time and CPU of the last (give N + 1 for never).

@@ -40,14 +40,6 @@ fi
 GEM_LIB=${GEM_LIB:-$root/gem/lib}
 hz=$(getconf CLK_TCK)
 
-# sidekiq_of AGENT: the agent's child that is not its /bin/sh guard.
-sidekiq_of() {
-  local kid
-  for kid in $(cat /proc/"$1"/task/*/children 2>/dev/null); do
-    [ "$(cat /proc/"$kid"/comm 2>/dev/null)" = sh ] || { echo "$kid"; return; }
-  done
-}
-ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 
 # run NAME BIN GEM_LIB: one window; prints a line of the table.
 run() {
@@ -68,7 +60,7 @@ run() {
   for _ in $(seq 600); do [ "$(redis-cli -p "$port" scard processes)" -gt 0 ] && break; sleep 0.1; done
   [ "$(redis-cli -p "$port" scard processes)" -gt 0 ] || { echo "agent_cpu.sh: Sidekiq did not start; log:" >&2; tail "$work/agent-$name.log" >&2; exit 1; }
   sleep 2 # past the first jobs, or Sidekiq's start-up when idle
-  sk=$(sidekiq_of "$agent")
+  sk=$(sidekiq_pid "$agent")
   n1=$(redis-cli -p "$port" get bench:done); c1=$(ticks "$agent"); s1=$(ticks "$sk"); t1=$(date +%s.%N)
   sleep "$WINDOW"
   n2=$(redis-cli -p "$port" get bench:done); c2=$(ticks "$agent"); s2=$(ticks "$sk"); t2=$(date +%s.%N)

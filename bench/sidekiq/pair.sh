@@ -67,16 +67,6 @@ OTHER_CPU=0
 taskset -p -c "$OTHER_CPU" $$ >/dev/null
 
 hz=$(getconf CLK_TCK)
-ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
-# sidekiq_pid PID: the Sidekiq process of a started variant: itself, or the
-# agent's child that is not its /bin/sh guard.
-sidekiq_pid() {
-  local kid
-  for kid in $(cat /proc/"$1"/task/*/children 2>/dev/null); do
-    [ "$(cat /proc/"$kid"/comm 2>/dev/null)" = sh ] || { echo "$kid"; return; }
-  done
-  echo "$1"
-}
 
 # fill SLOT: a private redis-server holding JOBS jobs.
 declare -A port worker

@@ -60,9 +60,6 @@ rcli() { redis-cli -p "$port" "$@"; }
 
 enqueue() { enqueue_jobs "$port" "$1" "$1"; } # COUNT
 
-# cpu_ticks PID: user+system clock ticks the process has used so far.
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
-
 # run_one VARIANT: prints "VARIANT jobs_per_s seconds sidekiq_cpu_us_per_job [agent_cpu_percent]".
 run_one() {
   local v=$1 cmd n=$JOBS
@@ -84,7 +81,7 @@ run_one() {
   t0=$(date +%s.%N)
   REDIS_URL=$url DYNO=worker.1 "${cmd[@]}" >"$work/$v.log" 2>&1 &
   worker_pid=$!
-  ticks0=$(cpu_ticks "$worker_pid")
+  ticks0=$(ticks "$worker_pid")
   local deadline=$((SECONDS + TIMEOUT))
   until [ -n "$(rcli get bench:last)" ]; do
     if [ $SECONDS -ge $deadline ] || ! kill -0 "$worker_pid" 2>/dev/null; then
@@ -97,9 +94,9 @@ run_one() {
   local extra=""
   if [ "$v" = dynocycle ] || [ "$v" = events ]; then
     # The agent's own CPU (not its child's) over its whole life so far.
-    local ticks hz t1
-    ticks=$(cpu_ticks "$worker_pid"); hz=$(getconf CLK_TCK); t1=$(date +%s.%N)
-    extra=$(awk -v d="$((ticks - ticks0))" -v hz="$hz" -v a="$t0" -v b="$t1" 'BEGIN { printf " %.3f", 100 * (d / hz) / (b - a) }')
+    local ticks1 hz t1
+    ticks1=$(ticks "$worker_pid"); hz=$(getconf CLK_TCK); t1=$(date +%s.%N)
+    extra=$(awk -v d="$((ticks1 - ticks0))" -v hz="$hz" -v a="$t0" -v b="$t1" 'BEGIN { printf " %.3f", 100 * (d / hz) / (b - a) }')
     # ticks0 is ~0: the agent had just been spawned.
   fi
   kill -TERM "$worker_pid"

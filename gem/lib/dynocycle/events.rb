@@ -244,8 +244,8 @@ module Dynocycle
       end
     end
 
-    # park waits for unpark. @parked is set before the queue is looked at
-    # and read by a job's thread after it queued its line, so a line queued
+    # park waits for unpark. @parked is set before the queues are looked at
+    # and read by a job's thread after it queued its job, so a job queued
     # meanwhile is never left waiting; at worst a spare wake-up is queued
     # and the loop goes round once more.
     def park
